@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make train` and `make test`.
+# Settings pass through as JOB_* variables or ARGS, e.g.  make train ARGS="--max-iters 200"
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?= tiny
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train sample status test lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+setup: $(STAMP) ## Create or update the venv in .venv (idempotent)
+
+train: setup ## Prepare the embedded corpus if needed, train (or resume) and print a sample
+	$(BIN)/python -m job train --run $(RUN) $(ARGS)
+	$(BIN)/python -m job sample $(RUN) --tokens 200
+
+sample: setup ## Print text from the newest checkpoint of RUN
+	$(BIN)/python -m job sample $(RUN)
+
+status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
+	$(BIN)/python -m job status $(RUN)
+
+test: setup ## Run the test suite
+	$(BIN)/python -m pytest -q tests
+
+lint: setup ## ruff over the code
+	$(BIN)/ruff check job tests scripts
+
+clean: ## Remove the venv and caches (never runs/ or data/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './runs/*' -not -path './data/*' -exec rm -rf {} +

@@ -1,0 +1,155 @@
+"""`python -m job` / `job`: the command line. Every Config field is a flag of the same name."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from job.config import Config, ConfigError, resolve
+from job.data.shards import ShardError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Train a small GPT overnight on your own GPU, and know what it costs.",
+)
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad settings and bad data end in one line and exit 2, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ShardError) as e:
+            fail(str(e))
+    return wrapper
+
+
+CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML file of settings (flat, or under [job]).")
+
+
+def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command one flag per Config field (--max-iters for max_iters), plus --config;
+    the command receives a resolved Config as its `cfg` argument."""
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
+    flag_params = []
+    for f in fields(Config):
+        kind = type(f.default)
+        flag = "--" + f.name.replace("_", "-")
+        decl = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
+        flag_params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],  # noqa: UP045 (typer)
+            default=typer.Option(None, decl, help=f"[default: {f.default!r}; env JOB_{f.name.upper()}]",
+                                 rich_help_panel="Settings"),
+        ))
+    config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
+                                     annotation=Optional[Path], default=CONFIG_OPTION)  # noqa: UP045
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        flags = {f.name: kwargs.pop(f.name) for f in fields(Config)}
+        cfg = resolve(flags, kwargs.pop("config"))
+        return fn(cfg=cfg, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own, config_param, *flag_params])  # type: ignore[attr-defined]
+    return wrapper
+
+
+@app.command()
+@guarded
+def prepare(
+    source: str = typer.Option("shakespeare", help="Where the text comes from: shakespeare (embedded)."),
+    out: Optional[Path] = typer.Option(None, help="Dataset directory [default: data/<source>]."),  # noqa: UP045
+    force: bool = typer.Option(False, help="Tokenise again even if the dataset is already prepared."),
+) -> None:
+    """Text -> GPT-2 tokens -> llm.c shards plus manifest.json.
+
+    Example: job prepare --source shakespeare
+    """
+    from job.data.prepare import SOURCES
+    from job.data.prepare import prepare as run_prepare
+
+    if source not in SOURCES:
+        fail(f"source: unknown source '{source}'; choose one of {', '.join(SOURCES)}")
+    run_prepare(source, out or Path("data") / source, force=force)
+
+
+@app.command()
+@guarded
+@with_config_flags
+def train(
+    cfg: Config,
+    fresh: bool = typer.Option(False, help="Start over: move runs/<run> aside to runs/<run>.old-<time>, then train."),
+) -> None:
+    """Train, or resume where the run stopped. Exit 0 done, 75 stopped with a checkpoint
+    (resume later), 1 failed, 2 bad settings.
+
+    Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train
+    """
+    from job import checkpoint
+    from job.train import train as run_train
+
+    if fresh and cfg.run_dir.exists():
+        moved = checkpoint.archive_run(cfg.run_dir)
+        typer.echo(f"--fresh: moved the old run to {moved}")
+    raise typer.Exit(run_train(cfg))
+
+
+@app.command()
+@guarded
+def status(
+    run: str = typer.Argument("tiny", help="Run name (a directory under --out-dir)."),
+    out_dir: Path = typer.Option(Path("runs"), help="Where runs live."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Where a run stands: iteration, loss, tokens/s, ETA, energy, last checkpoint, done.
+
+    Example: job status tiny --json
+    """
+    from job.status import render, run_status
+
+    report = run_status(out_dir / run)
+    typer.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+@app.command()
+@guarded
+def sample(
+    run: str = typer.Argument("tiny", help="Run name (a directory under --out-dir)."),
+    out_dir: Path = typer.Option(Path("runs"), help="Where runs live."),
+    prompt: str = typer.Option("\n", help="Text to continue."),
+    tokens: int = typer.Option(200, min=1, help="How many tokens to generate."),
+    temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder."),
+    top_k: int = typer.Option(200, min=0, help="Sample among the k likeliest tokens (0 = all)."),
+    seed: int = typer.Option(1337, help="Same seed, same text."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+) -> None:
+    """Generate text from a run's newest checkpoint.
+
+    Example: job sample tiny --prompt "ROMEO:" --tokens 300
+    """
+    from job.sample import generate_text
+
+    typer.echo(generate_text(out_dir / run, prompt, tokens, temperature, top_k, seed, device))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,280 @@
+"""Every setting of a run, where it comes from, and whether it makes sense.
+
+One name per setting everywhere: the field `max_iters` is `--max-iters` on the command line,
+`JOB_MAX_ITERS` in the environment or `.env`, and `max_iters` in a TOML file.
+Precedence: defaults < preset < TOML file < environment (.env fills in only what the real
+environment lacks) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names it and says what would be right (exit 2)."""
+
+
+@dataclass
+class Config:
+    # run identity and files
+    run: str = ""  # name of runs/<run>; empty means "the preset's name"
+    preset: str = "tiny"
+    data: str = "shakespeare"  # a prepared dataset dir, or a name under data_root
+    data_root: str = "data"
+    out_dir: str = "runs"
+    # hardware and numerics
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    bias: bool = False
+    dropout: float = 0.0
+    # batch and schedule
+    batch_size: int = 16  # micro-batch, in sequences
+    grad_accum: int = 1
+    max_iters: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 turns clipping off
+    # bookkeeping
+    eval_interval: int = 100
+    eval_iters: int = 20
+    log_interval: int = 10
+    ckpt_interval: int = 100
+    keep_ckpts: int = 3
+    # monitoring and cost
+    metrics_port: int = 9100  # 0 turns the metrics server off
+    metrics_addr: str = "127.0.0.1"
+    peak_tflops: float = 0.0  # peak used for MFU; 0 means "the card's own, if known"
+    max_runtime: str = ""  # e.g. "8h30m": checkpoint and exit 75 when reached
+    stop_at: str = ""  # "HH:MM" local time: checkpoint and exit 75 when reached
+    price_per_kwh: float = 0.17
+    currency: str = "USD"
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.preset
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+    @property
+    def data_dir(self) -> Path:
+        p = Path(self.data)
+        if p.is_dir() or "/" in self.data or self.data.startswith("."):
+            return p
+        return Path(self.data_root) / self.data
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.batch_size * self.block_size * self.grad_accum
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Settings that change the model's shape or what data it sees: a resume that changes any of
+# them is refused, since the checkpoint could not be continued faithfully.
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "seed")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # About 7 M parameters: learns Shakespeare's shape on 2 CPU cores in a few minutes.
+    "tiny": dict(
+        n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, grad_accum=1,
+        max_iters=1200, lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=200,
+        eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto",
+    ),
+    # The scenario's model: 40.56 M parameters (nanoGPT's count), 524,288 tokens/iteration.
+    "gpt2-40m": dict(
+        n_layer=12, n_head=6, n_embd=384, block_size=1024, batch_size=16, grad_accum=32,
+        max_iters=20000, lr=6e-4, min_lr=6e-5, warmup_iters=700, eval_interval=500,
+        eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+    ),
+    # GPT-2 small as OpenAI released it; nanoGPT's reproduction settings.
+    "gpt2-124m": dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, grad_accum=32,
+        max_iters=20000, lr=6e-4, min_lr=6e-5, warmup_iters=700, eval_interval=500,
+        eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+    ),
+}
+
+FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
+ENV_PREFIX = "JOB_"
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'8h30m' -> 30600.0 seconds; a bare number is seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    m = _DURATION.match(text)
+    if not text or not m or not any(m.groups()):
+        raise ConfigError(f"max_runtime: '{text}' is not a duration; use e.g. 8h30m, 90m or 3600")
+    d, h, mi, s = (int(g or 0) for g in m.groups())
+    return float(((d * 24 + h) * 60 + mi) * 60 + s)
+
+
+def parse_clock(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+        raise ConfigError(f"stop_at: '{text}' is not a local time; use HH:MM, e.g. 07:00")
+    return int(m.group(1)), int(m.group(2))
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a value from TOML, the environment or a flag into the field's type, or say why not."""
+    if name not in FIELD_TYPES:
+        raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(FIELD_TYPES)}")
+    want = FIELD_TYPES[name]
+    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if want is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if want is int:
+            number = float(text)  # accepts 20000, 2e4 and 20_000 alike
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if want is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: '{value}' is not a valid {want.__name__}") from None
+    return text
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; comments and blank lines skipped, optional quotes removed."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, val = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        val = val.strip()
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "'\"":
+            val = val[1:-1]
+        else:
+            val = val.split(" #", 1)[0].strip()
+        out[key] = val
+    return out
+
+
+def env_settings(environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> dict[str, Any]:
+    """JOB_* settings from .env, overridden by the real environment."""
+    merged = read_dotenv(dotenv) if dotenv else {}
+    merged.update(os.environ if environ is None else environ)
+    out: dict[str, Any] = {}
+    for key, val in merged.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower()
+            if name in FIELD_TYPES:
+                out[name] = val
+    return out
+
+
+def toml_settings(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: file '{p}' does not exist; pass an existing TOML file")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config: '{p}' is not valid TOML ({e})") from None
+    flat = data.get("job", data) if isinstance(data.get("job"), dict) else data
+    for name in flat:
+        if name not in FIELD_TYPES:
+            raise ConfigError(f"config: unknown setting '{name}' in {p}; known settings: {', '.join(FIELD_TYPES)}")
+    return dict(flat)
+
+
+def resolve(
+    flags: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+    dotenv: Path | None = Path(".env"),
+) -> Config:
+    """Layer the sources in precedence order and validate the result."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    from_toml = toml_settings(config_file)
+    from_env = env_settings(environ, dotenv)
+    layers = [from_toml, from_env, flags]
+    preset = "tiny"
+    for layer in layers:
+        preset = str(layer.get("preset", preset))
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    for layer in layers:
+        values.update(layer)
+    values["preset"] = preset
+    cfg = Config(**{k: coerce(k, v) for k, v in values.items()})
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Fail on the first setting that cannot work, before any work is done."""
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size", "grad_accum",
+                 "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
+        _check(getattr(cfg, name) >= 1, f"{name}: must be a whole number >= 1, got {getattr(cfg, name)}")
+    _check(cfg.n_embd % cfg.n_head == 0,
+           f"n_embd: {cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd a multiple of n_head")
+    _check(cfg.vocab_size >= 50257, f"vocab_size: must be >= 50257 (GPT-2 BPE), got {cfg.vocab_size}")
+    _check(cfg.lr > 0, f"lr: must be > 0, got {cfg.lr}")
+    _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr: must be between 0 and lr={cfg.lr}, got {cfg.min_lr}")
+    _check(cfg.warmup_iters >= 0, f"warmup_iters: must be >= 0, got {cfg.warmup_iters}")
+    _check(cfg.weight_decay >= 0, f"weight_decay: must be >= 0, got {cfg.weight_decay}")
+    _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, f"beta1/beta2: must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    _check(cfg.grad_clip >= 0, f"grad_clip: must be >= 0 (0 = off), got {cfg.grad_clip}")
+    _check(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1), got {cfg.dropout}")
+    _check(cfg.keep_ckpts >= 2,
+           f"keep_ckpts: must be >= 2 so a corrupt newest checkpoint has a fallback, got {cfg.keep_ckpts}")
+    _check(0 <= cfg.metrics_port <= 65535, f"metrics_port: must be 0 (off) or 1-65535, got {cfg.metrics_port}")
+    _check(cfg.peak_tflops >= 0, f"peak_tflops: must be >= 0 (0 = the card's own), got {cfg.peak_tflops}")
+    _check(cfg.price_per_kwh >= 0, f"price_per_kwh: must be >= 0, got {cfg.price_per_kwh}")
+    _check(cfg.dtype in ("auto", "float32", "bfloat16", "float16"),
+           f"dtype: '{cfg.dtype}' is not one of auto, float32, bfloat16, float16")
+    _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
+           f"device: '{cfg.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.run_name) is not None,
+           f"run: '{cfg.run_name}' must be letters, digits, '.', '_' or '-' (it names a directory)")
+    if cfg.max_runtime:
+        _check(parse_duration(cfg.max_runtime) > 0, "max_runtime: must be longer than 0s")
+    if cfg.stop_at:
+        parse_clock(cfg.stop_at)

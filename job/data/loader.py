@@ -1,0 +1,89 @@
+"""Batches from memory-mapped shards, in an order fixed by the seed, resumable to the sequence.
+
+The train split is cut into non-overlapping windows of block_size + 1 tokens (inputs and their
+next-token targets). Each epoch visits every window once, in a permutation drawn from
+(seed, epoch). The loader's whole state is (epoch, cursor): saved in a checkpoint and restored,
+the next batch is exactly the one an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from job.data.shards import open_shard
+
+
+@dataclass
+class LoaderState:
+    epoch: int = 0
+    cursor: int = 0  # windows of this epoch already handed out
+
+
+class Windows:
+    """The windows of one split across its shards; a window never crosses a shard boundary."""
+
+    def __init__(self, files: list[Path], block_size: int):
+        self.block_size = block_size
+        self.shards = [open_shard(f) for f in files]
+        counts = [max(0, (s.size - 1) // block_size) for s in self.shards]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.count = int(self.starts[-1])
+
+    def fetch(self, indices: np.ndarray) -> np.ndarray:
+        shard_of = np.searchsorted(self.starts, indices, side="right") - 1
+        out = np.empty((len(indices), self.block_size + 1), dtype=np.int64)
+        for row, (i, s) in enumerate(zip(indices, shard_of, strict=True)):
+            offset = (int(i) - int(self.starts[s])) * self.block_size
+            out[row] = self.shards[s][offset: offset + self.block_size + 1]
+        return out
+
+
+def to_device(rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.from_numpy(rows)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t[:, :-1], t[:, 1:]
+
+
+class TrainLoader:
+    def __init__(self, files: list[Path], block_size: int, batch_size: int, seed: int,
+                 state: LoaderState | None = None):
+        self.windows = Windows(files, block_size)
+        if self.windows.count < batch_size:
+            raise ValueError(f"train split has {self.windows.count} windows of {block_size + 1} tokens, "
+                             f"fewer than batch_size={batch_size}")
+        self.batch_size, self.seed = batch_size, seed
+        self.state = state or LoaderState()
+        self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order, self._order_epoch = rng.permutation(self.windows.count), epoch
+        return self._order
+
+    def next_rows(self) -> np.ndarray:
+        """The next batch as (batch, block_size + 1) token ids; a batch never spans two epochs,
+        the last partial one of an epoch is dropped."""
+        st = self.state
+        if st.cursor + self.batch_size > self.windows.count:
+            st.epoch, st.cursor = st.epoch + 1, 0
+        picks = self._permutation(st.epoch)[st.cursor: st.cursor + self.batch_size]
+        st.cursor += self.batch_size
+        return self.windows.fetch(np.sort(picks))
+
+
+def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: int) -> list[np.ndarray]:
+    """A fixed set of val batches (the first windows, wrapping if val is short), so every
+    evaluation is measured on the same text and draws no randomness."""
+    windows = Windows(files, block_size)
+    if windows.count == 0:
+        raise ValueError(f"val split is shorter than block_size + 1 = {block_size + 1} tokens")
+    idx = np.arange(n_batches * batch_size) % windows.count
+    return [windows.fetch(idx[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]

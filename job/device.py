@@ -1,0 +1,65 @@
+"""The one place that picks the device and the numeric precision."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from job.config import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Precision:
+    device: torch.device
+    dtype: torch.dtype  # the autocast compute dtype (float32 means no autocast)
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def needs_scaler(self) -> bool:
+        # fp16 overflows without loss scaling; bf16 has fp32's range and needs none
+        return self.dtype == torch.float16 and self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: '{setting}' asked for but no CUDA GPU is visible; use device=cpu or auto")
+        dev = torch.device(setting)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device: '{setting}' does not exist; this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    if setting == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device: 'mps' asked for but not available; use device=cpu or auto")
+    return torch.device(setting)
+
+
+def pick_precision(device: torch.device, setting: str) -> Precision:
+    """auto: bf16 on GPUs that have it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU,
+    where autocast to bf16 is slower than fp32 on most processors."""
+    if setting == "auto":
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    else:
+        dtype = DTYPES[setting]
+    return Precision(device, dtype)

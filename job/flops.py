@@ -1,0 +1,39 @@
+"""Parameter and FLOP counts from a config, by arithmetic alone (no torch).
+
+The training log, the metrics and `job plan` all take their FLOPs from here, so MFU and ETA
+mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def param_counts(c: Any) -> dict[str, int]:
+    """Counts for a config with n_layer, n_embd, block_size, vocab_size and bias.
+
+    total:      every parameter, the tied embedding/head counted once.
+    nanogpt:    total less the position embeddings (nanoGPT's N, the scenario's 40.56 M).
+    kaplan:     non-embedding parameters (Kaplan et al. 2020): total less both embeddings.
+    """
+    d, L, V, T = c.n_embd, c.n_layer, c.vocab_size, c.block_size
+    b = 1 if c.bias else 0
+    per_block = (
+        2 * d * (1 + b)  # two LayerNorms
+        + d * 3 * d + 3 * d * b  # qkv
+        + d * d + d * b  # attention output
+        + d * 4 * d + 4 * d * b  # MLP up
+        + 4 * d * d + d * b  # MLP down
+    )
+    wte, wpe = V * d, T * d
+    total = wte + wpe + L * per_block + d * (1 + b)  # + final LayerNorm
+    return {"total": total, "nanogpt": total - wpe, "kaplan": total - wpe - wte}
+
+
+def flops_per_token(c: Any) -> dict[str, float]:
+    """Training FLOPs per token: 6N for the matmuls forward and backward (N = nanoGPT's count),
+    plus 12·n_layer·n_embd·block_size for attention scores and their weighted sum (the PaLM
+    appendix's accounting, as nanoGPT's estimate_mfu uses)."""
+    n = param_counts(c)["nanogpt"]
+    attention = 12 * c.n_layer * c.n_embd * c.block_size
+    return {"six_n": 6.0 * n, "attention": float(attention), "total": 6.0 * n + attention}
