@@ -149,7 +149,15 @@ class RunLog:
     """runs/<run>/log.jsonl, one JSON object a line, appended and flushed as it goes."""
 
     def __init__(self, path: Path):
+        # a kill can cut the last line short; start on a fresh line so the next record parses
+        cut = False
+        if path.is_file() and path.stat().st_size > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, 2)
+                cut = f.read(1) != b"\n"
         self._f = open(path, "a", buffering=1)
+        if cut:
+            self._f.write("\n")
 
     def write(self, event: str, **fields: Any) -> None:
         self._f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")

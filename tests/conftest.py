@@ -1,0 +1,84 @@
+"""Shared fixtures: the embedded corpus prepared once, and a way to run `python -m job` for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model small enough that a 30-step run takes seconds on 2 cores, with dropout on so that
+# exact resume also has to restore the RNG streams.
+SMALL = {
+    "JOB_N_LAYER": "1", "JOB_N_HEAD": "2", "JOB_N_EMBD": "32", "JOB_BLOCK_SIZE": "32",
+    "JOB_BATCH_SIZE": "4", "JOB_GRAD_ACCUM": "2", "JOB_MAX_ITERS": "30", "JOB_WARMUP_ITERS": "5",
+    "JOB_LR": "3e-3", "JOB_MIN_LR": "3e-4", "JOB_DROPOUT": "0.1", "JOB_EVAL_INTERVAL": "10",
+    "JOB_EVAL_ITERS": "2", "JOB_LOG_INTERVAL": "1", "JOB_CKPT_INTERVAL": "3", "JOB_KEEP_CKPTS": "3",
+    "JOB_METRICS_PORT": "0", "JOB_DEVICE": "cpu",
+}
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any JOB_* of the caller's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def run_job(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_job(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "job", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="session")
+def shakespeare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded corpus, prepared once per session through the real command."""
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    res = run_job(["prepare", "--source", "shakespeare", "--out", str(out)], cwd=ROOT, env=job_env())
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture
+def small_env(shakespeare: Path, tmp_path: Path) -> dict[str, str]:
+    return job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path / "runs"))
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """log.jsonl records; a line a kill cut short is skipped, as `job status` does."""
+    out = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def final_state(run_dir: Path) -> dict:
+    newest = sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1]
+    return torch.load(newest, map_location="cpu", weights_only=True)
+
+
+def assert_states_equal(a: dict, b: dict) -> None:
+    """Model and optimizer tensors bitwise equal."""
+    assert a["iteration"] == b["iteration"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for pid in sa:
+        for k, v in sa[pid].items():
+            assert torch.equal(v, sb[pid][k]), f"optimizer state {pid}.{k} differs"

@@ -1,0 +1,116 @@
+"""The embedded corpus, the tokenizer, the model's shape and the run's side commands."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import ROOT, final_state, job_env, run_job
+
+from job.config import resolve
+from job.flops import param_counts
+from job.model import GPT, GPTConfig
+from job.tokenizer import EOT, _bundled_files, _from_bundled_files
+
+
+def read_shard(path: Path) -> np.ndarray:
+    """llm.c's layout read straight from the bytes: 256 int32 header, then uint16 tokens."""
+    raw = path.read_bytes()
+    header = np.frombuffer(raw[:1024], dtype=np.int32)
+    assert (header[0], header[1]) == (20240520, 1)
+    tokens = np.frombuffer(raw[1024:], dtype=np.uint16)
+    assert tokens.size == header[2]
+    return tokens
+
+
+def test_bundled_gpt2_files_are_the_ones_tiktoken_pins():
+    import tiktoken_ext.openai_public as pinned
+
+    src = Path(pinned.__file__).read_text()
+    for path in _bundled_files():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in src, path.name
+    enc = _from_bundled_files()
+    assert enc.n_vocab == 50257 and enc.eot_token == EOT
+    # GPT-2's published ids for these words
+    assert enc.encode_ordinary("Hello world") == [15496, 995]
+    text = "To be, or not to be: that is the question.\n"
+    assert enc.decode(enc.encode_ordinary(text)) == text
+
+
+def test_prepare_writes_whole_documents_and_is_idempotent(shakespeare: Path):
+    manifest = json.loads((shakespeare / "manifest.json").read_text())
+    enc = _from_bundled_files()
+    for split in ("train", "val"):
+        files = [s for s in manifest["shards"] if s["split"] == split]
+        tokens = np.concatenate([read_shard(shakespeare / s["file"]) for s in files])
+        assert tokens[0] == EOT
+        assert int((tokens == EOT).sum()) == manifest["splits"][split]["documents"]
+        assert tokens.size == manifest["splits"][split]["tokens"]
+    assert manifest["splits"]["val"]["documents"] == 4 and manifest["splits"]["train"]["documents"] == 34
+    for s in manifest["shards"]:
+        assert hashlib.sha256((shakespeare / s["file"]).read_bytes()).hexdigest() == s["sha256"]
+    val = read_shard(shakespeare / "val_000000.bin")
+    text = enc.decode(val[1:2000].tolist())
+    assert "**" not in text and "\\[" not in text and ":\n" in text  # plain play text
+    before = {p.name: p.stat().st_mtime_ns for p in shakespeare.iterdir()}
+    res = run_job(["prepare", "--source", "shakespeare", "--out", str(shakespeare)], cwd=ROOT, env=job_env())
+    assert res.returncode == 0 and "already prepared" in res.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in shakespeare.iterdir()} == before
+
+
+def test_prepare_unknown_source_exits_2():
+    res = run_job(["prepare", "--source", "wikipedia"], cwd=ROOT, env=job_env(), timeout=60)
+    assert res.returncode == 2 and "shakespeare" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_model_matches_the_scenario_count_and_nanogpt_shape():
+    cfg = resolve(flags={"preset": "gpt2-40m"}, dotenv=None, environ={})
+    assert param_counts(cfg)["nanogpt"] == 40_560_000  # the scenario's 40.56 M
+    small = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50304, bias=True)
+    model = GPT(small)
+    assert model.num_params() == param_counts(small)["nanogpt"]
+    assert model.num_params(non_embedding=False) == param_counts(small)["total"]
+    assert model.lm_head.weight is model.transformer.wte.weight
+    # residual projections start smaller than the rest (GPT-2's scaled init)
+    assert model.transformer.h[0].attn.c_proj.weight.std() < model.transformer.h[0].attn.c_attn.weight.std()
+    decayed, plain = model.optimizer(1e-3, 0.1, (0.9, 0.95), "cpu").param_groups
+    assert all(p.dim() >= 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
+    assert all(p.dim() < 2 for p in plain["params"]) and plain["weight_decay"] == 0.0
+
+
+def test_checkpoint_loads_weights_only_without_compile_prefix(small_env):
+    res = run_job(["train", "--run", "c", "--max-iters", "3", "--compile"], cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    state = final_state(Path(small_env["JOB_OUT_DIR"]) / "c")  # torch.load(weights_only=True)
+    assert not [k for k in state["model"] if k.startswith("_orig_mod.")]
+    assert {"model", "optimizer", "scaler", "rng", "loader", "config", "tokens", "elapsed_s",
+            "energy_j", "iteration"} <= state.keys()
+    assert state["tokens"] == 3 * 4 * 32 * 2
+    assert isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_status_and_sample(small_env):
+    out_dir = small_env["JOB_OUT_DIR"]
+    assert run_job(["train", "--run", "s", "--max-iters", "6"], cwd=ROOT, env=small_env).returncode == 0
+    res = run_job(["status", "s", "--out-dir", out_dir, "--json"], cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    st = json.loads(res.stdout)
+    for key in ("run", "iteration", "max_iters", "done", "train_loss", "val_loss", "tokens", "elapsed_s",
+                "eta_s", "energy_j", "last_checkpoint", "last_checkpoint_age_s"):
+        assert key in st, key
+    assert st["iteration"] == 6 and st["done"] is True and st["tokens"] == 6 * 256
+    assert st["last_checkpoint"].endswith("ckpt_00000006.pt")
+    text = run_job(["status", "s", "--out-dir", out_dir], cwd=ROOT, env=small_env).stdout
+    assert "6 / 6" in text
+    res = run_job(["sample", "s", "--out-dir", out_dir, "--tokens", "20", "--prompt", "ROMEO:"],
+                  cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ROMEO:") and len(res.stdout) > len("ROMEO:") + 5
+    again = run_job(["sample", "s", "--out-dir", out_dir, "--tokens", "20", "--prompt", "ROMEO:"],
+                    cwd=ROOT, env=small_env)
+    assert again.stdout == res.stdout  # same seed, same text
+    missing = run_job(["status", "nope", "--out-dir", out_dir], cwd=ROOT, env=small_env)
+    assert missing.returncode == 2 and "nope" in missing.stderr

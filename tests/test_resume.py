@@ -1,0 +1,155 @@
+"""Exact resume: whatever kills a run, the next start continues as if nothing had happened."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, assert_states_equal, final_state, read_log, run_job, start_job
+
+RUN = "r"
+
+
+def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for rec in read_log(run_dir):
+        if rec["event"] == "step":
+            out.setdefault(rec["iter"], []).append(rec["loss"])
+    return out
+
+
+@pytest.fixture
+def reference(small_env: dict[str, str], tmp_path: Path) -> Path:
+    """The same config trained once without interruption."""
+    env = {**small_env, "JOB_OUT_DIR": str(tmp_path / "ref")}
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr
+    return tmp_path / "ref" / RUN
+
+
+def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    assert (run_dir / "DONE").is_file()
+    assert_states_equal(final_state(run_dir), final_state(ref_dir))
+    ref = {i: v[0] for i, v in losses_by_iter(ref_dir).items()}
+    got = losses_by_iter(run_dir)
+    assert got.keys() == ref.keys() == set(range(1, 31))
+    for it, values in got.items():  # a replayed step must give the same loss, to the bit
+        assert all(v == ref[it] for v in values), f"iteration {it}: {values} != {ref[it]}"
+
+
+def kill_during_checkpoint(proc, ckpt_dir: Path, deadline: float) -> bool:
+    """Poll for a checkpoint being written (a temp file, or a .pt not yet sealed) and SIGKILL
+    the process right then. Returns whether the kill landed mid-write."""
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt_dir.is_dir():
+            names = os.listdir(ckpt_dir)
+            writing = any(".tmp" in n for n in names) or any(
+                n.endswith(".pt") and n[:-3] + ".json" not in names for n in names)
+            if writing:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                after = os.listdir(ckpt_dir)
+                return any(".tmp" in n for n in after) or any(
+                    n.endswith(".pt") and n[:-3] + ".json" not in after for n in after)
+        time.sleep(0.0005)
+    return False
+
+
+def test_sigkill_at_random_points_resumes_bitwise(small_env, reference, tmp_path):
+    rng = random.Random(7)
+    run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
+    ckpt_dir = run_dir / "ckpt"
+    kills, mid_write = 0, 0
+    for attempt in range(40):
+        proc = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+        if attempt % 2 == 0 and mid_write == 0:
+            mid_write += kill_during_checkpoint(proc, ckpt_dir, time.time() + 60)
+        else:
+            time.sleep(rng.uniform(2.5, 6.0))  # the interpreter and torch take ~2 s to start
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        proc.communicate()
+        if (run_dir / "DONE").is_file():
+            break
+        if kills >= 4 and mid_write:
+            break
+    assert mid_write >= 1, "no kill landed while a checkpoint was being written"
+    assert kills >= 3
+    # restart with the same command until it is done
+    for _ in range(5):
+        res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+        assert res.returncode == 0, res.stderr
+        if (run_dir / "DONE").is_file():
+            break
+    assert_same_run(run_dir, reference)
+    assert not [n for n in os.listdir(ckpt_dir) if ".tmp" in n], "temporary files left behind"
+
+
+def test_sigterm_exits_75_with_checkpoint_then_resumes_bitwise(small_env, reference):
+    run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
+    proc = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a few real steps
+        if (run_dir / "log.jsonl").is_file() and any(r["event"] == "step" and r["iter"] >= 5
+                                                     for r in read_log(run_dir)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    stop = [r for r in read_log(run_dir) if r["event"] == "stop"][-1]
+    last_step = [r for r in read_log(run_dir) if r["event"] == "step"][-1]
+    assert stop["iter"] == last_step["iter"]
+    assert (run_dir / "ckpt" / f"ckpt_{stop['iter']:08d}.pt").is_file(), "no checkpoint at the stopping step"
+    assert (run_dir / "ckpt" / f"ckpt_{stop['iter']:08d}.json").is_file()
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    assert f"at iteration {stop['iter']}" in res.stdout
+    assert_same_run(run_dir, reference)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(small_env, reference):
+    run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
+    assert run_job(["train", "--run", RUN], cwd=ROOT, env=small_env).returncode == 0
+    # as if the machine died after the last checkpoint but before DONE, and the disk lost
+    # the checkpoint's tail
+    (run_dir / "DONE").unlink()
+    ckpts = sorted((run_dir / "ckpt").glob("ckpt_*.pt"))
+    newest, previous = ckpts[-1], ckpts[-2]
+    with open(newest, "r+b") as f:
+        f.truncate(newest.stat().st_size // 2)
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    assert newest.name in res.stderr and "falling back" in res.stderr
+    assert f"resuming from {previous.name}" in res.stdout
+    assert_same_run(run_dir, reference)
+
+
+def test_finished_run_exits_0_and_writes_nothing(small_env, reference):
+    env = {**small_env, "JOB_OUT_DIR": str(reference.parent)}
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
+    assert res.returncode == 0
+    assert "already done" in res.stdout
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+
+
+def test_resume_with_other_shape_is_refused_and_fresh_starts_over(small_env, reference):
+    env = {**small_env, "JOB_OUT_DIR": str(reference.parent)}
+    (reference / "DONE").unlink()  # as if it had stopped early
+    res = run_job(["train", "--run", RUN, "--n-embd", "64"], cwd=ROOT, env=env)
+    assert res.returncode == 2
+    assert "n_embd 32 -> 64" in res.stderr and "--fresh" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = run_job(["train", "--run", RUN, "--n-embd", "64", "--max-iters", "2", "--fresh"], cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr
+    archived = list(reference.parent.glob(f"{RUN}.old-*"))
+    assert len(archived) == 1 and (archived[0] / "ckpt").is_dir(), "the old run must be kept"
+    assert "starting" in res.stdout
+    assert final_state(reference)["config"]["n_embd"] == 64
