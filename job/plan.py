@@ -227,7 +227,8 @@ def render(p: dict[str, Any]) -> str:
         f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
         f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",
         f"FLOPs/token   {f['per_token']:,.0f} = {f['formula']}",
-        f"FLOPs         {f['total']:.3g} total = {f['total_pflop']:,.0f} PFLOP (6ND alone {f['six_n_d']:.3g})",
+        f"FLOPs         {f['total']:.3g} total = {_num(f['total_pflop'], ',.0f' if f['total_pflop'] >= 10 else '.3g')}"
+        f" PFLOP (6ND alone {f['six_n_d']:.3g})",
         f"GPU           {g['name']}: peak {_num(g['peak_tflops'], '.1f')} TFLOP/s dense bf16 "
         f"({g['peak_from'] or 'unknown: give --peak-tflops'}), {_num(g['memory_gb'], '.0f')} GB, "
         f"{_num(g['board_w'], '.0f')} W",
