@@ -112,6 +112,31 @@ def train(
 
 @app.command()
 @guarded
+@with_config_flags
+def plan(
+    cfg: Config,
+    gpu: str = typer.Option("auto", help="The card: a key such as rtx-4070, h100-sxm or cpu; auto detects GPU 0."),
+    dataset_tokens: Optional[float] = typer.Option(  # noqa: UP045
+        None, help="Training tokens of the dataset, e.g. 3.68e9 [default: from the prepared dataset's manifest]."),
+    mfu: str = typer.Option("0.3,0.4,0.5", help="MFU fractions in (0, 1] to estimate the time at."),
+    measure: bool = typer.Option(False, help="Also time a few real training steps here and plan at the MFU measured."),
+    watts: Optional[float] = typer.Option(None, help="Board power in W [default: the card's rated power]."),  # noqa: UP045
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """What a run will take: tokens, epochs, parameters, FLOPs, hours at a range of MFU, peak
+    memory and whether it fits, energy and cost. Same settings as train.
+
+    Examples: job plan --preset gpt2-40m --gpu rtx-4070 --dataset-tokens 3.68e9;
+    job plan --gpu cpu --peak-tflops 1 --measure --json
+    """
+    from job.plan import make_plan, parse_mfus, render
+
+    report = make_plan(cfg, gpu, dataset_tokens, parse_mfus(mfu), measure, watts)
+    typer.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+@app.command()
+@guarded
 def status(
     run: str = typer.Argument("tiny", help="Run name (a directory under --out-dir)."),
     out_dir: Path = typer.Option(Path("runs"), help="Where runs live."),

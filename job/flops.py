@@ -37,3 +37,13 @@ def flops_per_token(c: Any) -> dict[str, float]:
     n = param_counts(c)["nanogpt"]
     attention = 12 * c.n_layer * c.n_embd * c.block_size
     return {"six_n": 6.0 * n, "attention": float(attention), "total": 6.0 * n + attention}
+
+
+FORMULA = "6N + 12·n_layer·n_embd·block_size (N = nanoGPT's count; PaLM's attention term)"
+
+
+def total_flops(c: Any, tokens: float) -> dict[str, Any]:
+    """Training FLOPs for `tokens` tokens: per token, 6·N·D alone, and with attention."""
+    per = flops_per_token(c)
+    return {"per_token": per["total"], "six_n": per["six_n"], "attention": per["attention"],
+            "six_n_d": per["six_n"] * tokens, "total": per["total"] * tokens, "formula": FORMULA}

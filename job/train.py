@@ -24,7 +24,9 @@ from job.data.prepare import already_prepared, prepare_shakespeare
 from job.data.shards import ShardError, atomic_write_bytes, check_dataset, split_files
 from job.device import Precision, pick_device, pick_precision
 from job.flops import flops_per_token
+from job.gpus import card_for
 from job.model import GPT, GPTConfig
+from job.plan import forecast
 from job.ui import human_count, human_duration
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
@@ -48,6 +50,7 @@ class StepInfo:
     restarts: int
     val_loss: float | None = None  # set on evaluation steps
     checkpoint_s: float | None = None  # set on checkpoint steps
+    predicted_energy_j: float | None = None  # run total at max_iters, from job.plan.forecast
 
 
 @dataclass
@@ -223,11 +226,15 @@ def train(cfg: Config, hooks: RunHooks | None = None) -> int:
 
     n_params = model.num_params()
     fpt = flops_per_token(cfg)["total"]
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else hooks.peak_flops
+    # one peak everywhere: the setting, else the hook's, else the table's row for the card in use
+    card = card_for(device)
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else (
+        hooks.peak_flops or (card.peak_tflops * 1e12 if card and card.peak_tflops else None))
     log = RunLog(run_dir / "log.jsonl")
     start_info = {"run": cfg.run_name, "preset": cfg.preset, "params": n_params, "device": str(device),
                   "dtype": prec.name, "iteration": st["iteration"], "max_iters": cfg.max_iters,
-                  "restarts": st["restarts"], "peak_flops": peak or 0.0, "flops_per_token": fpt}
+                  "restarts": st["restarts"], "peak_flops": peak or 0.0, "flops_per_token": fpt,
+                  "gpu": card.name if card else None}
     log.write("resume" if resumed else "start", **start_info)
     if hooks.on_start:
         hooks.on_start(start_info)
@@ -290,12 +297,14 @@ def train(cfg: Config, hooks: RunHooks | None = None) -> int:
             # the first steps carry compile and warm-up; the average forgets them quickly
             ema_step = step_s if ema_step is None else 0.9 * ema_step + 0.1 * step_s
             it = st["iteration"]
+            ahead = forecast(cfg, it, ema_step, st["energy_j"], st["elapsed_s"], card.board_w if card else None)
             info = StepInfo(
                 iteration=it, max_iters=cfg.max_iters, train_loss=train_loss, lr=lr,
                 grad_norm=float(grad_norm), tokens=st["tokens"], step_s=step_s,
                 tokens_per_s=cfg.tokens_per_iter / step_s, restarts=st["restarts"],
                 mfu=(fpt * cfg.tokens_per_iter / step_s / peak) if peak else None,
-                elapsed_s=st["elapsed_s"], energy_j=st["energy_j"], eta_s=ema_step * (cfg.max_iters - it),
+                elapsed_s=st["elapsed_s"], energy_j=st["energy_j"], eta_s=ahead["eta_s"],
+                predicted_energy_j=ahead["predicted_energy_j"],
             )
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 info.val_loss = st["val_loss"] = evaluate(step_model, val, prec)

@@ -1,0 +1,171 @@
+"""The cards we know: peak dense bf16 rate, memory and board power, each row with its source.
+
+The peak is dense (no 2:4 sparsity) bf16 matmul with FP32 accumulate, the mode PyTorch uses for
+training. GeForce cards run that at half their FP16-accumulate rate, so an RTX 4070 is 58.3
+TFLOP/s, not the 116.6 that spec pages print (nor the A100's 312 that nanoGPT's MFU divides by).
+For GeForce cards the rate is worked out as SMs x boost clock x 512 dense FLOP/clock/SM (Ampere
+GA10x, Ada and consumer Blackwell alike); it matches NVIDIA's whitepaper tables where they list
+the card. Board power is the card's rated TGP/TDP: what the card may draw, not the wall.
+
+No torch here: `job plan` must work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from job.config import ConfigError
+
+# Dense FLOP per clock per SM, bf16 in, FP32 accumulate, on GeForce Ampere/Ada/Blackwell.
+GEFORCE_FLOP_PER_CLOCK_SM = 512
+
+
+@dataclass(frozen=True)
+class Card:
+    key: str  # what --gpu takes
+    name: str  # as NVIDIA names it
+    peak_tflops: float | None  # dense bf16, FP32 accumulate; None for the CPU (the user gives it)
+    memory_gb: float | None  # decimal GB, as marketed
+    board_w: float | None  # rated board power (TGP/TDP)
+    source: str
+    match: str = ""  # regex against torch/NVML device names; default: derived from the key
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("match")
+        return d
+
+
+def _geforce(sms: int, boost_mhz: int) -> float:
+    return round(sms * boost_mhz * 1e6 * GEFORCE_FLOP_PER_CLOCK_SM / 1e12, 1)
+
+
+_ADA = "NVIDIA Ada Lovelace architecture whitepaper, appendix table (FP16/BF16 tensor with FP32 accumulate)"
+_AMPERE = "NVIDIA Ampere GA102 whitepaper, appendix table (BF16 tensor with FP32 accumulate, dense)"
+_SPEC = "NVIDIA product page (SMs, boost clock, memory, total graphics power)"
+
+CARDS: tuple[Card, ...] = (
+    Card("rtx-3060", "GeForce RTX 3060 12GB", _geforce(28, 1777), 12, 170,
+         f"28 SMs x 1777 MHz x 512 = 25.5; {_SPEC}", r"rtx 3060(?! ti)"),
+    Card("rtx-3090", "GeForce RTX 3090", 71.0, 24, 350, f"{_AMPERE}: 71 dense (142 sparse)", r"rtx 3090(?! ti)"),
+    Card("rtx-4060-ti-16gb", "GeForce RTX 4060 Ti 16GB", _geforce(34, 2535), 16, 165,
+         f"34 SMs x 2535 MHz x 512 = 44.1; {_SPEC}", r"rtx 4060 ti"),
+    Card("rtx-4070", "GeForce RTX 4070", _geforce(46, 2475), 12, 200,
+         f"46 SMs x 2475 MHz x 512 = 58.3 (half of the 116.6 FP16-accumulate figure); {_SPEC}",
+         r"rtx 4070(?! ti| super)"),
+    Card("rtx-4070-super", "GeForce RTX 4070 SUPER", _geforce(56, 2475), 12, 220,
+         f"56 SMs x 2475 MHz x 512 = 71.0; {_SPEC}", r"rtx 4070 super"),
+    Card("rtx-4070-ti", "GeForce RTX 4070 Ti", _geforce(60, 2610), 12, 285,
+         f"60 SMs x 2610 MHz x 512 = 80.2; {_ADA}", r"rtx 4070 ti(?! super)"),
+    Card("rtx-4080", "GeForce RTX 4080", _geforce(76, 2505), 16, 320,
+         f"76 SMs x 2505 MHz x 512 = 97.5; {_ADA}", r"rtx 4080(?! super)"),
+    Card("rtx-4090", "GeForce RTX 4090", 165.2, 24, 450, f"{_ADA}: 165.2 dense (330.3 with FP16 accumulate)",
+         r"rtx 4090"),
+    Card("rtx-5090", "GeForce RTX 5090", _geforce(170, 2407), 32, 575,
+         "170 SMs x 2407 MHz x 512 = 209.5; NVIDIA RTX Blackwell GPU architecture whitepaper "
+         "(FP16/BF16 with FP32 accumulate 209.5 dense); 575 W TGP", r"rtx 5090"),
+    Card("a10", "NVIDIA A10", 125.0, 24, 150, "NVIDIA A10 datasheet: BF16 tensor 125 dense (250 sparse), 150 W",
+         r"\ba10\b(?!0)"),
+    Card("a100", "NVIDIA A100 SXM4 80GB", 312.0, 80, 400,
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense (624 sparse); SXM4 80GB, 400 W", r"a100.*80"),
+    Card("a100-40gb", "NVIDIA A100 SXM4 40GB", 312.0, 40, 400,
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense; SXM4 40GB, 400 W (PCIe: 250 W)", r"a100"),
+    Card("l4", "NVIDIA L4", 121.0, 24, 72, "NVIDIA L4 datasheet: BF16 tensor 242 sparse = 121 dense, 72 W",
+         r"\bl4\b"),
+    Card("l40s", "NVIDIA L40S", 362.05, 48, 350, "NVIDIA L40S datasheet: BF16 tensor 362.05 dense (733 sparse), 350 W",
+         r"l40s"),
+    Card("h100-sxm", "NVIDIA H100 SXM5 80GB", 989.4, 80, 700,
+         "NVIDIA H100 datasheet: BF16 tensor 1979 sparse = 989.4 dense; SXM5, up to 700 W", r"h100.*(sxm|hbm3)"),
+    Card("h100-pcie", "NVIDIA H100 PCIe 80GB", 756.0, 80, 350,
+         "NVIDIA H100 datasheet: BF16 tensor 1513 sparse = 756 dense; PCIe, 350 W", r"h100"),
+    Card("h200", "NVIDIA H200 SXM 141GB", 989.4, 141, 700,
+         "NVIDIA H200 datasheet: BF16 tensor 1979 sparse = 989.4 dense; 141 GB HBM3e, up to 700 W", r"h200"),
+    Card("cpu", "CPU", None, None, None,
+         "no table value: give the rate with --peak-tflops (and the power with --watts)"),
+)
+
+BY_KEY = {c.key: c for c in CARDS}
+
+
+class UnknownCard(ConfigError):
+    pass
+
+
+def choices() -> str:
+    return ", ".join([*BY_KEY, "auto"])
+
+
+def lookup(key: str) -> Card:
+    """A card by its --gpu key (case and spaces forgiven), or by a device name torch/NVML reports."""
+    k = re.sub(r"[\s_]+", "-", key.strip().lower())
+    if k in BY_KEY:
+        return BY_KEY[k]
+    card = from_device_name(key)
+    if card is None:
+        raise UnknownCard(f"gpu: unknown GPU '{key}'; choose one of {choices()} (or give --peak-tflops)")
+    return card
+
+
+def from_device_name(name: str) -> Card | None:
+    """'NVIDIA GeForce RTX 4070' -> the rtx-4070 row. Rows are tried in table order, so the
+    more specific patterns (A100 80GB before any A100, H100 SXM before PCIe) come first."""
+    low = name.lower()
+    for card in CARDS:
+        if card.key == "cpu":
+            continue
+        pattern = card.match or re.escape(card.key.replace("-", " "))
+        if re.search(pattern, low):
+            return card
+    return None
+
+
+def host_memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def detect() -> tuple[str, float | None]:
+    """The name and memory (GB) of GPU 0, from NVML if it answers, else torch; ('cpu', RAM) if none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total / 1e9
+            return (name.decode() if isinstance(name, bytes) else name), mem
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no GPU: all mean "ask torch, then say CPU"
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return props.name, props.total_memory / 1e9
+    except ImportError:
+        pass
+    return "cpu", host_memory_gb()
+
+
+def card_for(device: Any) -> Card | None:
+    """The table's row for the CUDA card in use; None on CPU/MPS or for a card not in the table."""
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    import torch
+
+    return from_device_name(torch.cuda.get_device_name(device))
+
+
+def peak_flops_for(device: Any) -> float | None:
+    """The peak FLOP/s the training loop's MFU divides by: the table's rate for the card in use;
+    None on CPU or an unknown card (MFU is then only shown when peak_tflops is set)."""
+    card = card_for(device)
+    return card.peak_tflops * 1e12 if card and card.peak_tflops else None

@@ -1,0 +1,261 @@
+"""`job plan`: what a run will take before it starts — tokens, parameters, FLOPs, hours, memory,
+energy and money — by arithmetic alone (no torch; `--measure` imports job.measure lazily).
+
+Time is FLOPs / (the peak of the card in use x MFU), with the peak from job/gpus.py, never an
+A100's 312 TFLOP/s whatever the card. FLOPs come from job/flops.py, as in the training log.
+
+The memory model counts what eager PyTorch keeps for one micro-step of job/model.py (checked
+against torch on CPU in tests/test_plan.py), per sequence of T tokens, with d = n_embd,
+h = n_head, c = bytes of the compute dtype (2 for bf16/fp16, 4 for fp32), and the residual
+stream in fp32 (autocast leaves it there):
+  activations per layer per token: 2 LayerNorm inputs in fp32 (8d) + the inputs of the four
+    matmuls, q/k/v, the attention output and the GELU input and output in the compute dtype
+    (14·c·d: 36d bytes in bf16, Korthikanti et al.'s "34·s·b·h" less dropout masks, plus fp32
+    LayerNorm inputs) + LayerNorm statistics (16) + flash attention's log-sum-exp (4h). Flash or
+    memory-efficient attention is what SDPA picks on CUDA and CPU for this model; without it
+    the T x T attention matrices would add c·h·T per token and layer.
+  logits: b·T·V·c (the model's output, kept while the loss backpropagates) + fp32 log-probs saved
+    by the loss (4·b·T·V) + in backward their gradient and the logits' gradient in fp32 (8·b·T·V).
+    With compile on, inductor fuses the loss and keeps only the logits and their gradient in the
+    compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from job.config import Config, ConfigError
+from job.flops import param_counts, total_flops
+from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup
+
+GIB = 2**30
+WORKSPACE_GPU = GIB // 2  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator
+ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation on top of what tensors hold
+DEFAULT_MFUS = (0.3, 0.4, 0.5)
+WALL_NOTE = "board power x hours; the wall draws more (PSU losses, CPU, fans: often +20-40%)"
+
+
+def parse_mfus(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"mfu: '{text}' is not a list of numbers; give fractions in (0, 1], "
+                          f"e.g. --mfu 0.3,0.4,0.5") from None
+    bad = [v for v in values if not 0 < v <= 1]
+    if not values or bad:
+        raise ConfigError(f"mfu: {bad[0] if bad else text!r} is outside (0, 1]; give fractions in (0, 1], "
+                          f"e.g. --mfu 0.3,0.4,0.5 (40% is 0.4)")
+    return values
+
+
+def resolve_card(gpu: str, peak_override: float | None) -> tuple[Card, float | None]:
+    """The card row for --gpu, and its memory in GB as detected (None if not detected)."""
+    if gpu.strip().lower() != "auto":
+        card = lookup(gpu)
+        if card.key == "cpu":
+            from job.gpus import host_memory_gb
+            return card, host_memory_gb()
+        return card, None
+    name, memory_gb = detect()
+    if name == "cpu":
+        return BY_KEY["cpu"], memory_gb
+    card = from_device_name(name)
+    if card is None:
+        if not peak_override:
+            raise UnknownCard(f"gpu: detected '{name}', which is not in the table; pass --peak-tflops "
+                              f"with its dense bf16 rate, or --gpu one of {choices()}")
+        card = Card("detected", name, None, None, None, "detected; rate from --peak-tflops")
+    return card, memory_gb
+
+
+def dataset_tokens_from_manifest(cfg: Config) -> tuple[float | None, str]:
+    """Training tokens of the prepared dataset, read from its manifest alone."""
+    path = cfg.data_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None, f"no prepared dataset at {cfg.data_dir}; give --dataset-tokens"
+    tokens = manifest.get("splits", {}).get("train", {}).get("tokens")
+    if tokens is None:
+        tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
+    return float(tokens), str(path)
+
+
+def compute_bytes(cfg: Config, card: Card) -> tuple[str, int]:
+    dtype = cfg.dtype
+    if dtype == "auto":  # as job.device.pick_precision: bf16 on every card in the table, fp32 on CPU
+        dtype = "float32" if card.key == "cpu" else "bfloat16"
+    return dtype, 4 if dtype == "float32" else 2
+
+
+def activation_bytes(cfg: Config, batch: int, c: int) -> int:
+    d, h, L, T = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.block_size
+    per_layer = 2 * 4 * d + 14 * c * d + 16 + 4 * h
+    # + final LayerNorm input (fp32) and statistics, the head's input (c), token ids and targets (int64)
+    per_token = L * per_layer + 4 * d + 8 + c * d + 16
+    return batch * T * per_token + 8 * T  # + the position ids
+
+
+def logits_bytes(cfg: Config, batch: int, c: int) -> int:
+    btv = batch * cfg.block_size * cfg.vocab_size
+    return 2 * c * btv if cfg.compile else (c + 12) * btv
+
+
+def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[str, int]:
+    """Peak bytes of one training micro-step, by part."""
+    b = cfg.batch_size if batch is None else batch
+    n = param_counts(cfg)
+    d, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    parts = {
+        "weights": 4 * n["total"],  # fp32 master weights
+        # autocast's compute-dtype copies of every matmul weight, kept for backward
+        "weight_copies": c * (V * d + 12 * L * d * d) if c < 4 else 0,
+        "grads": 4 * n["total"],
+        "adamw": 8 * n["total"],  # exp_avg and exp_avg_sq in fp32
+        "activations": activation_bytes(cfg, b, c),
+        "logits": logits_bytes(cfg, b, c),
+    }
+    tensors = sum(parts.values())
+    parts["workspace"] = int(WORKSPACE_GPU + ALLOCATOR_SLACK * tensors) if on_gpu else 0
+    parts["total"] = tensors + parts["workspace"]
+    return parts
+
+
+def largest_fit(cfg: Config, c: int, on_gpu: bool, capacity: float) -> tuple[int, int] | None:
+    """The largest micro-batch that fits and divides the sequences per iteration, and the
+    grad_accum that keeps tokens per iteration the same; None if not even 1 fits."""
+    sequences = cfg.batch_size * cfg.grad_accum
+    for b in range(sequences, 0, -1):
+        if sequences % b == 0 and memory(cfg, c, on_gpu, b)["total"] <= capacity:
+            return b, sequences // b
+    return None
+
+
+def time_row(flops_iter: float, flops_total: float, achieved: float, watts: float | None,
+             cfg: Config, mfu: float | None) -> dict[str, Any]:
+    hours = flops_total / achieved / 3600
+    kwh = watts * hours / 1000 if watts else None
+    return {"mfu": mfu, "s_per_iter": flops_iter / achieved, "hours": hours, "energy_kwh": kwh,
+            "cost": kwh * cfg.price_per_kwh if kwh is not None else None}
+
+
+def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = None,
+              mfus: tuple[float, ...] = DEFAULT_MFUS, measure: bool = False,
+              watts: float | None = None) -> dict[str, Any]:
+    if dataset_tokens is not None and not dataset_tokens > 0:
+        raise ConfigError(f"dataset-tokens: must be a number of tokens > 0, e.g. 3.68e9; got {dataset_tokens:g}")
+    if watts is not None and not watts > 0:
+        raise ConfigError(f"watts: must be > 0 (the card's board power in W), got {watts:g}")
+    card, detected_gb = resolve_card(gpu, cfg.peak_tflops)
+    peak_tflops = cfg.peak_tflops or card.peak_tflops
+    peak_from = "peak_tflops setting" if cfg.peak_tflops else ("table" if card.peak_tflops else None)
+    memory_gb = card.memory_gb or detected_gb
+    watts = watts or card.board_w
+    dtype, c = compute_bytes(cfg, card)
+    on_gpu = card.key != "cpu"
+
+    tokens_total = cfg.tokens_per_iter * cfg.max_iters
+    if dataset_tokens is not None:
+        data_tokens, data_from = dataset_tokens, "--dataset-tokens"
+    else:
+        data_tokens, data_from = dataset_tokens_from_manifest(cfg)
+    fl = total_flops(cfg, tokens_total)
+    flops_iter = fl["per_token"] * cfg.tokens_per_iter
+    peak = peak_tflops * 1e12 if peak_tflops else None
+    rows = [time_row(flops_iter, fl["total"], peak * m, watts, cfg, m) for m in mfus] if peak else []
+
+    measured = None
+    if measure:
+        from job.measure import measure_steps
+
+        measured = measure_steps(cfg)
+        achieved = flops_iter / measured["s_per_iter"]
+        measured.update(time_row(flops_iter, fl["total"], achieved, watts, cfg, achieved / peak if peak else None))
+
+    mem = memory(cfg, c, on_gpu)
+    capacity = memory_gb * 1e9 if memory_gb else None
+    fits = capacity is None or mem["total"] <= capacity
+    fit = largest_fit(cfg, c, on_gpu, capacity) if capacity else None
+    return {
+        "config": {k: getattr(cfg, k) for k in ("preset", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                                               "bias", "batch_size", "grad_accum", "max_iters", "compile")},
+        "tokens": {"per_iter": cfg.tokens_per_iter, "total": tokens_total, "dataset": data_tokens,
+                   "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None},
+        "params": param_counts(cfg),
+        "flops": {**fl, "per_iter": flops_iter, "total_pflop": fl["total"] / 1e15},
+        "gpu": {**card.to_dict(), "peak_tflops": peak_tflops, "peak_from": peak_from, "memory_gb": memory_gb,
+                "board_w": watts},
+        "time": rows,
+        "measured": measured,
+        "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits,
+                   "max_micro_batch": fit[0] if fit else None, "grad_accum_at_max": fit[1] if fit else None},
+        "energy": {"price_per_kwh": cfg.price_per_kwh, "currency": cfg.currency, "note": WALL_NOTE},
+    }
+
+
+def forecast(cfg: Config, iteration: int, step_s: float, energy_j: float, elapsed_s: float,
+             board_w: float | None) -> dict[str, float | None]:
+    """The live ETA and predicted total energy, from the same model as the plan: remaining FLOPs
+    over the FLOP/s the run now achieves; energy so far plus the remaining time at the measured
+    average power (the board power when nothing measures it)."""
+    per_iter = total_flops(cfg, cfg.tokens_per_iter)["total"]
+    achieved = per_iter / step_s if step_s > 0 else 0.0
+    eta_s = per_iter * max(0, cfg.max_iters - iteration) / achieved if achieved else float("nan")
+    watts = energy_j / elapsed_s if energy_j > 0 and elapsed_s > 0 else board_w
+    return {"eta_s": eta_s, "predicted_energy_j": energy_j + eta_s * watts if watts else None}
+
+
+def _gb(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f} GB"
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def render(p: dict[str, Any]) -> str:
+    t, pr, f, g, m, e = p["tokens"], p["params"], p["flops"], p["gpu"], p["memory"], p["energy"]
+    cfg = p["config"]
+    lines = [
+        f"config        {cfg['preset']}: n_layer {cfg['n_layer']}, n_head {cfg['n_head']}, n_embd {cfg['n_embd']}, "
+        f"block {cfg['block_size']}, vocab {cfg['vocab_size']}, bias {cfg['bias']}",
+        f"tokens        {t['per_iter']:,}/iter ({cfg['batch_size']} x {cfg['block_size']} x {cfg['grad_accum']}) x "
+        f"{cfg['max_iters']:,} iters = {t['total']:,}",
+        f"epochs        {_num(t['epochs'], '.2f')} over {_num(t['dataset'], ',.0f')} tokens ({t['dataset_from']})",
+        f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
+        f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",
+        f"FLOPs/token   {f['per_token']:,.0f} = {f['formula']}",
+        f"FLOPs         {f['total']:.3g} total = {_num(f['total_pflop'], ',.0f' if f['total_pflop'] >= 10 else '.3g')}"
+        f" PFLOP (6ND alone {f['six_n_d']:.3g})",
+        f"GPU           {g['name']}: peak {_num(g['peak_tflops'], '.1f')} TFLOP/s dense bf16 "
+        f"({g['peak_from'] or 'unknown: give --peak-tflops'}), {_num(g['memory_gb'], '.0f')} GB, "
+        f"{_num(g['board_w'], '.0f')} W",
+        f"source        {g['source']}",
+    ]
+    rows = [*p["time"], *([p["measured"]] if p["measured"] else [])]
+    if rows:
+        lines.append(f"{'time':14}{'MFU':>8}{'s/iter':>10}{'hours':>9}{'kWh':>9}{'cost':>10}")
+    for r in rows:
+        label = "  measured" if r is p["measured"] else ""
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        cost = "-" if r["cost"] is None else f"{r['cost']:.2f} {e['currency']}"
+        lines.append(f"{label:14}{mfu:>8}{r['s_per_iter']:>10.2f}{r['hours']:>9.1f}"
+                     f"{_num(r['energy_kwh'], '.2f'):>9}{cost:>10}")
+    if not rows:
+        lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
+    lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
+              f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}"]
+    for k in ("weights", "weight_copies", "grads", "adamw", "activations", "logits", "workspace", "total"):
+        lines.append(f"  {k:12}{_gb(m[k]):>12}")
+    if p["measured"] and p["measured"].get("peak_memory_bytes"):
+        lines.append(f"  {'measured':12}{_gb(p['measured']['peak_memory_bytes']):>12} (torch peak allocated)")
+    if m["capacity"] is None:
+        lines.append("fits          unknown (memory size not known)")
+    else:
+        verdict = "fits" if m["fits"] else "does NOT fit"
+        best = (f"largest micro-batch {m['max_micro_batch']} with grad_accum {m['grad_accum_at_max']} keeps "
+                f"{t['per_iter']:,} tokens/iter" if m["max_micro_batch"] else "not even a micro-batch of 1 fits")
+        lines.append(f"fits          {verdict} in {_gb(m['capacity'])}; {best}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""`job plan`: the scenario's figures worked by hand, the memory model against torch, bad input,
+and the one peak in training. Commands run as real `python -m job` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from job.config import resolve
+from job.data.shards import write_manifest, write_shard
+from job.gpus import BY_KEY, CARDS, from_device_name
+from job.measure import step_memory
+from job.model import GPT, GPTConfig
+from job.plan import activation_bytes, largest_fit, logits_bytes, memory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def plan_json(*args: str, cwd: Path) -> dict:
+    r = job("plan", *args, "--json", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_scenario_figures_worked_by_hand(tmp_path):
+    p = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9", cwd=tmp_path)
+    # tokens per iteration: micro-batch 16 x block 1024 x grad_accum 32 = 16 * 1024 * 32
+    assert p["tokens"]["per_iter"] == 16 * 1024 * 32 == 524_288
+    # tokens in total: 524,288 x 20,000 iterations
+    assert p["tokens"]["total"] == 524_288 * 20_000 == 10_485_760_000
+    # epochs: 10,485,760,000 / 3,680,000,000 = 2.849...
+    assert round(p["tokens"]["epochs"], 2) == 2.85
+    # N, nanoGPT's way (bias off, tied head once, no position embeddings):
+    #   token embedding 50,304 x 384                         = 19,316,736
+    #   per block: 2 LayerNorm weights 2 x 384 = 768, qkv 384 x 1152 = 442,368,
+    #              attn proj 384^2 = 147,456, MLP 2 x 384 x 1536 = 1,179,648  -> 1,770,240
+    #   12 blocks                                            = 21,242,880
+    #   final LayerNorm                                      = 384
+    #   N = 19,316,736 + 21,242,880 + 384                    = 40,560,000 = 40.56 M
+    assert p["params"]["nanogpt"] == 19_316_736 + 12 * 1_770_240 + 384 == 40_560_000
+    # 6 N D = 6 x 40.56e6 x 10,485,760,000 = 2.5518e18 (not the note's 2.55e15)
+    assert p["flops"]["six_n_d"] == pytest.approx(6 * 40.56e6 * 10_485_760_000)
+    assert f"{p['flops']['six_n_d']:.3g}" == "2.55e+18"
+    # attention: 12 x n_layer x n_embd x block = 12 x 12 x 384 x 1024 = 56,623,104 FLOPs per token;
+    # per token 243,360,000 + 56,623,104 = 299,983,104; x 10,485,760,000 = 3.1456e18
+    assert p["flops"]["attention"] == 12 * 12 * 384 * 1024 == 56_623_104
+    assert p["flops"]["total"] == pytest.approx(299_983_104 * 10_485_760_000)
+    assert f"{p['flops']['total']:.3g}" == "3.15e+18"
+    # the card's own peak: dense bf16 with FP32 accumulate, 46 SMs x 2.475 GHz x 512 = 58.3 TFLOP/s
+    assert p["gpu"]["peak_tflops"] == 58.3
+    # hours at 40% MFU = 3.1456e18 / (0.4 x 58.3e12) / 3600 = 37.47 h (not the note's 15-20 h)
+    at40 = next(r for r in p["time"] if r["mfu"] == 0.4)
+    assert at40["hours"] == pytest.approx(299_983_104 * 10_485_760_000 / (0.4 * 58.3e12) / 3600)
+    assert round(at40["hours"], 1) == 37.5
+    # energy at 40%: 200 W board power x 37.47 h = 7.49 kWh; at the default 0.17 USD/kWh = 1.27 USD
+    assert at40["energy_kwh"] == pytest.approx(0.2 * at40["hours"])
+    assert at40["cost"] == pytest.approx(0.17 * at40["energy_kwh"])
+    # the same command's table names the figures people read
+    table = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9", cwd=tmp_path)
+    assert table.returncode == 0 and "58.3 TFLOP/s" in table.stdout and "2.85" in table.stdout
+
+
+def test_epochs_from_the_prepared_manifest(tmp_path):
+    data = tmp_path / "data" / "mini"
+    data.mkdir(parents=True)
+    shards = [{"split": "train", **write_shard(data / "train_000000.bin", np.arange(3000, dtype=np.uint16))},
+              {"split": "val", **write_shard(data / "val_000000.bin", np.arange(500, dtype=np.uint16))}]
+    write_manifest(data, {"version": 1, "shards": shards})
+    p = plan_json("--data", "mini", "--gpu", "rtx-4090", "--max-iters", "100", cwd=tmp_path)
+    # tiny preset: 16 x 128 x 1 = 2,048 tokens/iter x 100 = 204,800 tokens over 3,000 training tokens
+    assert p["tokens"]["dataset"] == 3000
+    assert p["tokens"]["epochs"] == pytest.approx(204_800 / 3000)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--gpu", "rtx-9999"], "rtx-4070"),  # the valid choices are listed
+    (["--gpu", "rtx-4070", "--mfu", "1.5"], "(0, 1]"),
+    (["--gpu", "rtx-4070", "--mfu", "0"], "(0, 1]"),
+    (["--gpu", "rtx-4070", "--dataset-tokens", "-5"], "> 0"),
+    (["--gpu", "rtx-4070", "--batch-size", "-4"], ">= 1"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, expected):
+    r = job("plan", *args, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("n_layer, n_embd, block, batch", [(2, 64, 64, 4), (1, 32, 32, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_memory_model_matches_torch_on_cpu(n_layer, n_embd, block, batch, dtype):
+    cfg = resolve({"n_layer": n_layer, "n_head": 2, "n_embd": n_embd, "block_size": block, "batch_size": batch},
+                  environ={}, dotenv=None)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=n_layer, n_head=2, n_embd=n_embd, block_size=block))
+    x, y = (torch.randint(0, 50257, (batch, block)) for _ in range(2))
+    measured = step_memory(model, x, y, dtype)
+    c = 4 if dtype == torch.float32 else 2
+    predicted = memory(cfg, c, on_gpu=False)
+    assert predicted["activations"] == activation_bytes(cfg, batch, c)
+    assert predicted["activations"] == pytest.approx(measured["activations"], rel=0.15)
+    # logits at their peak: what the step allocated at most, less what stays saved for the blocks
+    # and the weight copies (all alive when the loss backpropagates)
+    measured_logits = measured["peak"] - measured["activations"] - measured["weights"]
+    assert logits_bytes(cfg, batch, c) == pytest.approx(measured_logits, rel=0.15)
+    assert predicted["weight_copies"] == pytest.approx(measured["weights"], rel=0.15)
+
+
+def test_too_big_a_micro_batch_gets_the_largest_that_fits():
+    cfg = resolve({"preset": "gpt2-124m", "compile": False}, environ={}, dotenv=None)  # 16 x 32 sequences/iter
+    capacity = BY_KEY["rtx-3060"].memory_gb * 1e9
+    assert memory(cfg, 2, on_gpu=True)["total"] > capacity  # eager logits alone are 14 x 16 x 1024 x 50304 B
+    b, accum = largest_fit(cfg, 2, True, capacity)
+    assert b * accum == 16 * 32  # tokens per iteration kept
+    assert memory(cfg, 2, True, b)["total"] <= capacity
+    bigger = next(n for n in range(b + 1, 513) if 512 % n == 0)
+    assert memory(cfg, 2, True, bigger)["total"] > capacity
+
+
+def test_card_table_rows_and_device_names():
+    assert all(c.source for c in CARDS)
+    assert BY_KEY["rtx-4070"].peak_tflops == 58.3  # half the FP16-accumulate 116.6
+    for name, key in [("NVIDIA GeForce RTX 4070", "rtx-4070"), ("NVIDIA GeForce RTX 4070 Ti", "rtx-4070-ti"),
+                      ("NVIDIA GeForce RTX 4070 SUPER", "rtx-4070-super"), ("NVIDIA A100-SXM4-80GB", "a100"),
+                      ("NVIDIA A100-SXM4-40GB", "a100-40gb"), ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+                      ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"), ("NVIDIA A10", "a10"),
+                      ("NVIDIA L4", "l4"), ("NVIDIA L40S", "l40s")]:
+        assert from_device_name(name).key == key, name
+
+
+def test_measure_on_cpu_plans_at_the_mfu_measured(tmp_path):
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
+            "--grad-accum", "2", "--max-iters", "10", "--device", "cpu"]
+    p = plan_json(*tiny, "--gpu", "cpu", "--peak-tflops", "0.5", "--watts", "65", "--measure", cwd=tmp_path)
+    m = p["measured"]
+    assert m["s_per_iter"] == pytest.approx(2 * m["micro_step_s"] + m["optimizer_step_s"])
+    achieved = p["flops"]["per_iter"] / m["s_per_iter"]
+    assert m["mfu"] == pytest.approx(achieved / 0.5e12)
+    assert m["hours"] == pytest.approx(p["flops"]["total"] / achieved / 3600)
+    assert m["energy_kwh"] == pytest.approx(0.065 * m["hours"])
+
+
+def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
+            "--max-iters", "1", "--eval-iters", "1", "--log-interval", "1", "--metrics-port", "0"]
+    for run, extra in (("nopeak", []), ("peak", ["--peak-tflops", "0.5"])):
+        r = job("train", *tiny, "--run", run, *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    def step(run: str) -> dict:
+        lines = (tmp_path / "runs" / run / "log.jsonl").read_text().splitlines()
+        return next(json.loads(line) for line in lines if '"step"' in line)
+    assert step("nopeak")["mfu"] is None
+    s = step("peak")
+    # MFU = FLOPs per token x tokens per second / peak, the plan's per-token FLOPs
+    per_token = plan_json(*tiny, "--gpu", "cpu", "--peak-tflops", "0.5", cwd=tmp_path)["flops"]["per_token"]
+    assert s["mfu"] == pytest.approx(per_token * s["tokens_per_s"] / 0.5e12, rel=0.01)
