@@ -364,3 +364,16 @@ def test_compose_publishes_ports_on_loopback_only():
     ports = re.findall(r'^\s*-\s*"(\S+:\d+(?::\d+)?)"\s*$', text, re.M)
     assert len(ports) == 3 and all(p.startswith("127.0.0.1:") for p in ports), ports
     assert "capabilities: [gpu]" in text
+
+
+def test_clock_event_reasons_decode_into_labels():
+    import pynvml
+
+    from job.metrics import REASONS, decode_reasons
+
+    bits = {name: getattr(pynvml, attr) for name, attr in REASONS.items()}
+    mask = pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    decoded = decode_reasons(mask, bits)
+    assert set(decoded) == set(REASONS)
+    assert {k for k, v in decoded.items() if v} == {"sw_power_cap", "hw_thermal_slowdown"}
+    assert not any(decode_reasons(0, bits).values())
