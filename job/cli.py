@@ -102,12 +102,15 @@ def train(
     Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train
     """
     from job import checkpoint
+    from job.metrics import monitoring
     from job.train import train as run_train
 
     if fresh and cfg.run_dir.exists():
         moved = checkpoint.archive_run(cfg.run_dir)
         typer.echo(f"--fresh: moved the old run to {moved}")
-    raise typer.Exit(run_train(cfg))
+    with monitoring(cfg) as hooks:  # Prometheus metrics on metrics_addr:metrics_port while it runs
+        code = run_train(cfg, hooks)
+    raise typer.Exit(code)
 
 
 @app.command()

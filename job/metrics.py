@@ -1,0 +1,322 @@
+"""Live metrics for Prometheus while `job train` runs (names: ../shared/design.md, `trainer_` prefix,
+base units). Training figures are set from the loop's hooks every step; GPU figures are read from
+NVML by a collector when Prometheus scrapes, so they cost the training loop nothing.
+
+The run's totals (iteration, tokens, seconds, joules, restarts) come from the loop's state, which
+the checkpoint restores: they are right after a restart even if Prometheus missed the night.
+`trainer_tokens_total` is a plain per-process counter on purpose: a counter that restarted at the
+checkpoint's (smaller) value would read as a reset plus a huge jump, and rate() would spike.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from job import checkpoint
+from job.config import Config, ConfigError
+from job.train import RunHooks, StepInfo
+
+# Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation).
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
+CKPT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+# NVML's clock-event (throttle) reason bits, by the name the dashboard shows.
+REASONS = {
+    "gpu_idle": "nvmlClocksEventReasonGpuIdle",
+    "applications_clocks_setting": "nvmlClocksEventReasonApplicationsClocksSetting",
+    "sw_power_cap": "nvmlClocksEventReasonSwPowerCap",
+    "hw_slowdown": "nvmlClocksEventReasonHwSlowdown",
+    "sync_boost": "nvmlClocksEventReasonSyncBoost",
+    "sw_thermal_slowdown": "nvmlClocksEventReasonSwThermalSlowdown",
+    "hw_thermal_slowdown": "nvmlClocksEventReasonHwThermalSlowdown",
+    "hw_power_brake_slowdown": "nvmlClocksEventReasonHwPowerBrakeSlowdown",
+    "display_clock_setting": "nvmlClocksEventReasonDisplayClockSetting",
+}
+
+
+def log(message: str) -> None:
+    print(f"metrics: {message}", file=sys.stderr, flush=True)
+
+
+class TrainingMetrics:
+    """The training series, kept in their own registry and set from RunHooks."""
+
+    def __init__(self, registry: CollectorRegistry, cfg: Config):
+        self.cfg = cfg
+        r = registry
+        self.info = Info("trainer", "The run: name, preset, parameters, device, GPU, peak FLOP/s used for MFU",
+                         registry=r)
+        self.iteration = Gauge("trainer_iteration", "Optimizer steps done in this run (across restarts)", registry=r)
+        self.target = Gauge("trainer_target_iterations", "Optimizer steps the run is set to do (max_iters)",
+                            registry=r)
+        self.tokens = Counter("trainer_tokens", "Tokens trained on by this process; tokens/s is its rate()",
+                              registry=r)
+        self.run_tokens = Gauge("trainer_run_tokens", "Tokens trained on in this run (across restarts)", registry=r)
+        self.loss = Gauge("trainer_loss", "Cross-entropy loss (nats/token); split=train every step, val on evals",
+                          ["split"], registry=r)
+        self.lr = Gauge("trainer_learning_rate", "Learning rate of the last step", registry=r)
+        self.grad_norm = Gauge("trainer_grad_norm", "Gradient L2 norm before clipping, last step", registry=r)
+        self.mfu = Gauge("trainer_mfu_ratio", "Model FLOPs utilisation of the last step (0-1), vs the peak in "
+                         "trainer_info", registry=r)
+        self.step = Histogram("trainer_step_seconds", "Wall time of one optimizer step", buckets=STEP_BUCKETS,
+                              registry=r)
+        self.start = Gauge("trainer_start_timestamp_seconds", "When this process started training (Unix time)",
+                           registry=r)
+        self.eta = Gauge("trainer_eta_timestamp_seconds", "When the run should reach max_iters at the smoothed "
+                         "step time (Unix time)", registry=r)
+        self.last_ckpt = Gauge("trainer_last_checkpoint_timestamp_seconds", "When the newest checkpoint was "
+                               "written (Unix time)", registry=r)
+        self.ckpt = Histogram("trainer_checkpoint_seconds", "Wall time to write one checkpoint", buckets=CKPT_BUCKETS,
+                              registry=r)
+        self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
+        self.run_seconds = Gauge("trainer_run_seconds", "Training wall time of the run (across restarts)",
+                                 registry=r)
+        # Only served when there is a meter (NVML); a 0 on a CPU would read as "free".
+        self.run_energy: Gauge | None = None
+
+    def enable_energy(self, registry: CollectorRegistry) -> None:
+        self.run_energy = Gauge("trainer_run_energy_joules", "GPU energy used by the run (across restarts, "
+                                "from NVML)", registry=registry)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.info.info({k: str(info.get(k, "")) for k in ("run", "preset", "params", "device", "dtype", "gpu",
+                                                          "peak_flops")})
+        self.start.set(time.time())
+        self.iteration.set(info["iteration"])
+        self.target.set(info["max_iters"])
+        self.restarts.set(info["restarts"])
+        seal = checkpoint.latest_seal(self.cfg.run_dir) if info["iteration"] else None
+        if seal and seal.get("iteration") == info["iteration"]:  # the one we resumed from
+            self.last_ckpt.set(seal.get("saved_at", 0.0))
+            self.run_tokens.set(seal.get("tokens", 0))
+            self.run_seconds.set(seal.get("elapsed_s", 0.0))
+            if self.run_energy is not None:
+                self.run_energy.set(seal.get("energy_j", 0.0))
+            if seal.get("val_loss") is not None:
+                self.loss.labels("val").set(seal["val_loss"])
+
+    def on_step(self, i: StepInfo) -> None:
+        now = time.time()
+        self.iteration.set(i.iteration)
+        self.target.set(i.max_iters)
+        self.tokens.inc(self.cfg.tokens_per_iter)
+        self.run_tokens.set(i.tokens)
+        self.loss.labels("train").set(i.train_loss)
+        if i.val_loss is not None:
+            self.loss.labels("val").set(i.val_loss)
+        self.lr.set(i.lr)
+        self.grad_norm.set(i.grad_norm)
+        if i.mfu is not None:
+            self.mfu.set(i.mfu)
+        self.step.observe(i.step_s)
+        self.eta.set(now + (i.eta_s if math.isfinite(i.eta_s) else 0.0))
+        self.restarts.set(i.restarts)
+        self.run_seconds.set(i.elapsed_s)
+        if self.run_energy is not None:
+            self.run_energy.set(i.energy_j)
+        if i.checkpoint_s is not None:
+            self.ckpt.observe(i.checkpoint_s)
+            self.last_ckpt.set(now)
+
+
+class GpuCollector:
+    """Reads NVML and torch's allocator when Prometheus scrapes; `devices` maps the torch index
+    (the `gpu` label) to its NVML handle."""
+
+    def __init__(self, nvml: Any, devices: dict[int, Any]):
+        self.nvml, self.devices = nvml, devices
+        self.driver = _try(lambda: _text(nvml.nvmlSystemGetDriverVersion()), "")
+        self.reason_bits = {name: getattr(nvml, attr, 0) for name, attr in REASONS.items()}
+
+    def describe(self) -> list[Metric]:
+        return []  # keeps registration from calling collect() (and NVML) early
+
+    def collect(self) -> Iterator[Metric]:
+        g = lambda name, doc, extra=(): GaugeMetricFamily(name, doc, labels=["gpu", *extra])
+        f = {
+            "info": g("trainer_gpu_info", "The GPU: name, uuid, driver", ("name", "uuid", "driver")),
+            "used": g("trainer_gpu_memory_used_bytes", "GPU memory in use, all processes (NVML)"),
+            "total": g("trainer_gpu_memory_total_bytes", "GPU memory size (NVML)"),
+            "alloc": g("trainer_torch_memory_allocated_bytes", "Memory held by this process's tensors"),
+            "reserved": g("trainer_torch_memory_reserved_bytes", "Memory reserved by torch's caching allocator"),
+            "peak": g("trainer_torch_memory_peak_bytes", "Peak tensor memory of this process since it started"),
+            "power": g("trainer_gpu_power_watts", "Power draw"),
+            "limit": g("trainer_gpu_power_limit_watts", "Enforced power limit"),
+            "energy": CounterMetricFamily("trainer_gpu_energy_joules", "Energy used since the driver loaded",
+                                          labels=["gpu"]),
+            "temp": g("trainer_gpu_temperature_celsius", "Core temperature"),
+            "util": g("trainer_gpu_utilization_ratio", "Share of time a kernel was running (0-1)"),
+            "clock": g("trainer_gpu_sm_clock_hertz", "SM clock"),
+            "reason": g("trainer_gpu_clock_event_reason_active", "1 where this reason holds the clocks down "
+                        "(throttling)", ("reason",)),
+        }
+        for idx, h in self.devices.items():
+            self._read(idx, h, f)
+        yield from f.values()
+
+    def _read(self, idx: int, h: Any, f: dict[str, Metric]) -> None:
+        import torch
+
+        n, gpu = self.nvml, str(idx)
+        f["info"].add_metric([gpu, _try(lambda: _text(n.nvmlDeviceGetName(h)), ""),
+                              _try(lambda: _text(n.nvmlDeviceGetUUID(h)), ""), self.driver], 1)
+        mem = _try(lambda: _memory_info(n, h))
+        if mem is not None:
+            f["used"].add_metric([gpu], mem.used)
+            f["total"].add_metric([gpu], mem.total)
+        if torch.cuda.is_initialized():  # never start CUDA from the scrape thread
+            f["alloc"].add_metric([gpu], torch.cuda.memory_allocated(idx))
+            f["reserved"].add_metric([gpu], torch.cuda.memory_reserved(idx))
+            f["peak"].add_metric([gpu], torch.cuda.max_memory_allocated(idx))
+        _add(f["power"], gpu, lambda: n.nvmlDeviceGetPowerUsage(h) / 1e3)  # mW
+        _add(f["limit"], gpu, lambda: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3)  # mW
+        _add(f["energy"], gpu, lambda: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3)  # mJ
+        _add(f["temp"], gpu, lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
+        _add(f["util"], gpu, lambda: n.nvmlDeviceGetUtilizationRates(h).gpu / 100)  # percent
+        _add(f["clock"], gpu, lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM) * 1e6)  # MHz
+        mask = _try(lambda: _clock_reasons(n, h))
+        if mask is not None:
+            for name, active in decode_reasons(mask, self.reason_bits).items():
+                f["reason"].add_metric([gpu, name], active)
+
+def decode_reasons(mask: int, bits: dict[str, int]) -> dict[str, int]:
+    """NVML's clock-event bitmask -> {reason: 0 or 1} for every known reason."""
+    return {name: int(bool(mask & bit)) for name, bit in bits.items() if bit}
+
+
+def _text(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _try(fn: Any, default: Any = None) -> Any:
+    try:
+        return fn()
+    except Exception:  # one figure a card does not support must not cost the whole scrape
+        return default
+
+
+def _add(family: Metric, gpu: str, read: Any) -> None:
+    value = _try(read)
+    if value is not None:
+        family.add_metric([gpu], value)
+
+
+def _memory_info(n: Any, h: Any) -> Any:
+    try:  # v2 counts memory the driver reserves as used, which is what the card can't give us
+        return n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
+    except Exception:
+        return n.nvmlDeviceGetMemoryInfo(h)
+
+
+def _clock_reasons(n: Any, h: Any) -> int:
+    if hasattr(n, "nvmlDeviceGetCurrentClocksEventReasons"):
+        return n.nvmlDeviceGetCurrentClocksEventReasons(h)
+    return n.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+
+
+class EnergyMeter:
+    """Joules used by one GPU since a fixed point: NVML's energy counter (Volta and newer), or
+    its power draw integrated between readings where the counter is not supported."""
+
+    def __init__(self, nvml: Any, handle: Any):
+        self.nvml, self.handle = nvml, handle
+        self._integrated, self._last = 0.0, None
+
+    def __call__(self) -> float | None:
+        n = self.nvml
+        try:
+            return n.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1e3
+        except Exception:
+            pass
+        watts = _try(lambda: n.nvmlDeviceGetPowerUsage(self.handle) / 1e3)
+        if watts is None:
+            return None
+        now = time.monotonic()
+        if self._last is not None:
+            self._integrated += watts * (now - self._last)
+        self._last = now
+        return self._integrated
+
+
+def open_gpus(cfg: Config) -> tuple[Any, dict[int, Any], int | None, str | None]:
+    """(pynvml, {torch index: NVML handle}, index of the training GPU, why there are no GPU figures)."""
+    import torch
+
+    from job.device import pick_device
+
+    device = pick_device(cfg.device)
+    if device.type != "cuda":
+        return None, {}, None, f"training on {device.type}, not a CUDA GPU"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as e:
+        return None, {}, None, f"NVML is not available ({type(e).__name__}: {e})"
+    devices = {}
+    for i in range(torch.cuda.device_count()):
+        # torch and NVML may number GPUs differently (CUDA_VISIBLE_DEVICES, FASTEST_FIRST): match by UUID
+        uuid = _try(lambda i=i: str(torch.cuda.get_device_properties(i).uuid))
+        h = _try(lambda u=uuid: pynvml.nvmlDeviceGetHandleByUUID(u if u.startswith("GPU-") else f"GPU-{u}"))
+        devices[i] = h if h is not None else _try(lambda i=i: pynvml.nvmlDeviceGetHandleByIndex(i))
+    devices = {i: h for i, h in devices.items() if h is not None}
+    if not devices:
+        return None, {}, None, "NVML sees none of torch's GPUs"
+    return pynvml, devices, device.index if device.index is not None else torch.cuda.current_device(), None
+
+
+def serve(registry: CollectorRegistry, cfg: Config) -> Any:
+    try:
+        server, _thread = start_http_server(cfg.metrics_port, addr=cfg.metrics_addr, registry=registry)
+    except OSError as e:
+        raise ConfigError(f"metrics_port: cannot serve on {cfg.metrics_addr}:{cfg.metrics_port} ({e.strerror}); "
+                          f"pick a free port, or 0 to turn metrics off") from None
+    log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
+    return server
+
+
+@contextmanager
+def monitoring(cfg: Config) -> Iterator[RunHooks]:
+    """RunHooks for one `job train`: metrics served while it runs (unless metrics_port is 0), and
+    NVML energy fed to the loop either way so the checkpointed energy is right."""
+    nvml, devices, train_gpu, why_not = open_gpus(cfg)
+    meter = EnergyMeter(nvml, devices[train_gpu]) if nvml and train_gpu in devices else None
+    if why_not:
+        log(f"no GPU figures: {why_not}")
+    if not cfg.metrics_port:
+        yield RunHooks(energy_meter=meter)
+        return
+    disable_created_metrics()  # *_created series would double the scrape and no panel reads them
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = TrainingMetrics(registry, cfg)
+    if meter:
+        metrics.enable_energy(registry)
+    if nvml:
+        registry.register(GpuCollector(nvml, devices))
+    gpu_name = _try(lambda: _text(nvml.nvmlDeviceGetName(devices[train_gpu])), "") if meter else ""
+
+    def on_start(info: dict[str, Any]) -> None:
+        metrics.on_start({**info, "gpu": gpu_name})
+
+    server = serve(registry, cfg)
+    try:
+        yield RunHooks(on_start=on_start, on_step=metrics.on_step, energy_meter=meter)
+    finally:
+        server.shutdown()
+        server.server_close()

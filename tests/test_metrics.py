@@ -1,0 +1,379 @@
+"""Live monitoring, proven against a real Prometheus scraping a real `python -m job train`, and the
+Grafana dashboard's queries run against it. Needs the `prometheus` and `promtool` binaries
+(Debian: apt-get install -y prometheus; .ci/run installs them)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "grafana" / "dashboards" / "trainer.json"
+SCRAPE_S = 1
+RATE_INTERVAL = f"{4 * SCRAPE_S}s"  # Grafana's $__rate_interval: max(interval + scrape, 4 x scrape)
+TOKENS_PER_ITER = 4 * 32
+
+# Panels whose series exist only with a CUDA GPU and NVML (or an energy meter): on this machine
+# their queries must run without error but may return nothing.
+GPU_ONLY_PANELS = {
+    "GPU memory (NVML)", "Torch memory", "Power draw", "Average power from energy", "Temperature", "SM clock",
+    "Utilisation", "Throttle reasons", "Energy so far", "Cost so far", "Projected cost at finish",
+    "Energy per token", "Energy over time",
+}
+# A small model and short intervals: many steps, an eval and a checkpoint within seconds on a CPU.
+TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
+               "--eval-interval", "20", "--eval-iters", "2", "--log-interval", "1000", "--ckpt-interval", "25",
+               "--warmup-iters", "10", "--peak-tflops", "1"]
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"'{name}' not found on PATH: install Prometheus, e.g. `sudo apt-get install -y prometheus` "
+                    f"on Debian/Ubuntu (.ci/run does this), or put the release's binaries on PATH")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def train_cmd(tmp: Path, run: str, port: int, max_iters: int) -> list[str]:
+    return [sys.executable, "-m", "job", "train", "--run", run, "--out-dir", str(tmp / "runs"),
+            "--data-root", str(tmp / "data"), "--max-iters", str(max_iters), "--metrics-port", str(port),
+            *TRAIN_FLAGS]
+
+
+def child_env() -> dict[str, str]:
+    # one thread per child: the machine is shared, and the test wants the loop, not speed
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def wait_for(what: str, fn, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            output = log.read_text() if log else ""
+            raise AssertionError(f"trainer exited ({proc.returncode}) while waiting for {what}:\n{output}")
+        try:
+            value = fn()
+            if value:
+                return value
+        except (OSError, ValueError, LookupError):  # not up yet, or no data yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def parse_scrape(text: str) -> dict[str, float]:
+    """`name{labels}` -> value for every sample of an exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+class Live:
+    """A training run with metrics on, and a Prometheus scraping it every second."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.metrics_port, self.prom_port = free_port(), free_port()
+        self.instance = f"127.0.0.1:{self.metrics_port}"
+        (tmp / "prometheus.yml").write_text(
+            f"global:\n  scrape_interval: {SCRAPE_S}s\n  evaluation_interval: {SCRAPE_S}s\n"
+            f"scrape_configs:\n  - job_name: trainer\n    static_configs:\n"
+            f"      - targets: ['{self.instance}']\n")
+        self.prom = subprocess.Popen(
+            [binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))
+        self.log = tmp / "train.log"
+        self.train = subprocess.Popen(train_cmd(tmp, "live", self.metrics_port, 5000), cwd=tmp, env=child_env(),
+                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"http://127.0.0.1:{self.prom_port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            body = http_get(url)
+        except urllib.error.HTTPError as e:  # 400 on a bad query: the body says why
+            body = e.read().decode()
+        return json.loads(body)
+
+    def query(self, expr: str) -> list[dict]:
+        reply = self.api("query", query=expr)
+        assert reply["status"] == "success", f"{expr}: {reply.get('error')}"
+        return reply["data"]["result"]
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        if not result:
+            raise LookupError(f"no data for {expr}")
+        return float(result[0]["value"][1])
+
+    def close(self) -> None:
+        stop(self.train)
+        self.prom.terminate()
+        self.prom.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    binary("promtool")
+    live = Live(tmp_path_factory.mktemp("live"))
+    try:
+        sel = f'{{job="trainer",instance="{live.instance}"}}'
+        # progress past an eval and a checkpoint, seen by Prometheus over several scrapes
+        wait_for("Prometheus to see 40 iterations, an eval and a checkpoint", lambda: (
+            live.value(f"trainer_iteration{sel}") >= 40 and live.query('trainer_loss{split="val"}')
+            and live.value(f"trainer_last_checkpoint_timestamp_seconds{sel}") > 0
+            and live.value(f"count_over_time(trainer_iteration{sel}[1m])") >= 6),
+            timeout=90, proc=live.train, log=live.log)
+        yield live
+    finally:
+        live.close()
+
+
+def test_prometheus_scrapes_a_real_run(live):
+    sel = f'{{job="trainer",instance="{live.instance}"}}'
+    end = time.time()
+    reply = live.api("query_range", query=f"trainer_iteration{sel}", start=str(end - 60), end=str(end), step="1")
+    points = [float(v) for _, v in reply["data"]["result"][0]["values"]]
+    assert points == sorted(points) and points[-1] > points[0], f"iteration not rising: {points}"
+    assert live.value(f"rate(trainer_tokens_total{sel}[{RATE_INTERVAL}])") > 0
+    for split in ("train", "val"):
+        loss = live.value(f'trainer_loss{{split="{split}",job="trainer"}}')
+        assert math.isfinite(loss) and 0 < loss < 20, f"{split} loss {loss}"
+    it = live.value(f"trainer_iteration{sel}")
+    assert live.value(f"trainer_target_iterations{sel}") == 5000
+    assert live.value(f"trainer_run_tokens{sel}") >= 40 * TOKENS_PER_ITER
+    assert 0 < live.value(f"trainer_run_seconds{sel}") < 120
+    assert live.value(f"trainer_restarts{sel}") == 0
+    assert live.value(f"trainer_eta_timestamp_seconds{sel}") > time.time()
+    assert live.value(f"trainer_step_seconds_count{sel}") >= 40
+    assert live.value(f"trainer_checkpoint_seconds_count{sel}") >= 1
+    assert 0 < live.value(f"trainer_mfu_ratio{sel}") < 1
+    info = live.query(f"trainer_info{sel}")[0]["metric"]
+    assert info["run"] == "live" and info["device"] == "cpu" and int(info["params"]) > 0, info
+    # no GPU here: the device series are absent, not zero
+    assert live.query('{__name__=~"trainer_gpu_.*|trainer_torch_.*|trainer_run_energy_joules"}') == []
+    assert it >= 40
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def data_panels(dash: dict) -> list[dict]:
+    out = []
+    for p in dash["panels"]:
+        out += [p] if p["type"] != "row" else []
+        out += p.get("panels", [])
+    return out
+
+
+def grafana_regex(value: str) -> str:
+    """How Grafana writes a multi-value variable's value into a PromQL =~ string: regex-escaped,
+    with each backslash doubled for the string literal."""
+    return re.escape(value).replace("\\", "\\\\")
+
+
+def substitute(expr: str, live: Live) -> str:
+    values = {"__rate_interval": RATE_INTERVAL, "__interval": f"{SCRAPE_S}s", "__range": "1m",
+              "job": "trainer", "instance": grafana_regex(live.instance), "price_per_kwh": "0.17"}
+    for name, value in values.items():
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in expr, f"unsubstituted variable left in {expr}"
+    return expr
+
+
+def test_every_dashboard_query_runs(live):
+    panels = data_panels(dashboard())
+    titles = {p["title"] for p in panels}
+    assert GPU_ONLY_PANELS <= titles, f"GPU-only panels missing from the dashboard: {GPU_ONLY_PANELS - titles}"
+    empty = []
+    for p in panels:
+        for t in p["targets"]:
+            result = live.query(substitute(t["expr"], live))  # raises on a PromQL error
+            if not result and p["title"] not in GPU_ONLY_PANELS:
+                empty.append(f"{p['title']}: {t['expr']}")
+    assert not empty, "training queries returned no data:\n" + "\n".join(empty)
+
+
+def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
+    text = http_get(f"http://{live.instance}/metrics")
+    check = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert names and all(n.startswith("trainer_") for n in names), names
+    bad = re.compile(r"_(ms|us|ns|milliseconds|microseconds|minutes|hours|days|mb|gb|kb|mib|gib|kib|megabytes|"
+                     r"kilobytes|gigabytes|milliwatts|mw|kw|kilowatts|kwh|mj|millijoules|kilojoules|mhz|ghz|khz|"
+                     r"percent|pct|fahrenheit|per_second|per_sec|per_s|tflops)(_|$)")
+    assert not [n for n in names if bad.search(n)], [n for n in names if bad.search(n)]
+    assert "metrics: no GPU figures: training on cpu" in live.log.read_text()
+
+
+def test_promtool_accepts_the_shipped_prometheus_config():
+    check = subprocess.run([binary("promtool"), "check", "config", str(ROOT / "grafana" / "prometheus.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_busy_metrics_port_is_a_one_line_error(live):
+    r = subprocess.run(train_cmd(live.tmp, "busy", live.metrics_port, 10), cwd=live.tmp, env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"error: metrics_port: cannot serve on 127.0.0.1:{live.metrics_port}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_restart_serves_the_run_totals_from_the_checkpoint(live):
+    """SIGTERM (exit 75), start again: the run's iteration, tokens, seconds and last-checkpoint time
+    carry on from the checkpoint, restarts counts it, and Prometheus sees the same series go on.
+    Runs last: it replaces the live trainer."""
+    assert stop(live.train) == 75
+    seal = json.loads(sorted((live.tmp / "runs" / "live" / "ckpt").glob("*.json"))[-1].read_text())
+    live.train = subprocess.Popen(train_cmd(live.tmp, "live", live.metrics_port, 5000), cwd=live.tmp,
+                                  env=child_env(), stdout=open(live.log, "a"), stderr=subprocess.STDOUT)
+
+    def stepped() -> dict[str, float] | None:  # a step done after the resume: the loop is running again
+        m = parse_scrape(http_get(f"http://{live.instance}/metrics"))
+        return m if m["trainer_step_seconds_count"] >= 1 else None
+
+    m = wait_for("a step of the resumed run", stepped, 90, live.train, live.log)
+    assert m["trainer_restarts"] == 1
+    assert m["trainer_iteration"] > seal["iteration"]
+    assert m["trainer_run_tokens"] == m["trainer_iteration"] * TOKENS_PER_ITER
+    assert m["trainer_run_seconds"] > seal["elapsed_s"] > 0
+    assert m["trainer_last_checkpoint_timestamp_seconds"] >= seal["saved_at"]
+    # the counter is this process's own: it restarted from 0, which rate() reads as a reset
+    assert m["trainer_tokens_total"] == (m["trainer_iteration"] - seal["iteration"]) * TOKENS_PER_ITER
+    sel = f'{{job="trainer",instance="{live.instance}"}}'
+    wait_for("Prometheus to see the restart", lambda: live.value(f"trainer_restarts{sel}") == 1, 30)
+
+
+# --- dashboard-linter's rules, applied to the JSON -------------------------------------------
+
+SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?(\s*\[[^\]]*\])?")
+PROMQL_WORDS = {"sum", "by", "without", "rate", "increase", "irate", "histogram_quantile", "max_over_time",
+                "min_over_time", "time", "max", "min", "avg", "count", "bool", "on", "ignoring", "and", "or",
+                "unless", "count_over_time", "group_left", "group_right", "le"}
+
+
+def selectors(expr: str) -> list[tuple[str, str, str, int]]:
+    """(metric, {matchers}, [range], position) for every vector selector of a query."""
+    blank = lambda m: " " * len(m.group())  # same length, so positions still index `expr`
+    scan = re.sub(r'"[^"]*"', lambda q: "_" * len(q.group()), expr)
+    scan = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", blank, scan)
+    out = []
+    for m in SELECTOR.finditer(scan):
+        name = m.group(1)
+        following = scan[m.end(1):].lstrip()
+        if name in PROMQL_WORDS or following.startswith("(") or scan[max(0, m.start() - 1)] == "$":
+            continue
+        out.append((name, expr[m.start(2):m.end(2)] if m.group(2) else "", m.group(3) or "", m.start()))
+    return out
+
+
+def enclosing_call(expr: str, pos: int) -> str:
+    depth = 0
+    for i in range(pos - 1, -1, -1):
+        if expr[i] == ")":
+            depth += 1
+        elif expr[i] == "(":
+            if depth == 0:
+                return re.search(r"([a-z_]*)\s*$", expr[:i]).group(1)
+            depth -= 1
+    return ""
+
+
+def test_dashboard_follows_dashboard_linter_rules():
+    dash = dashboard()
+    text = DASHBOARD.read_text()
+    assert "__inputs" not in dash and "${DS_" not in text, "export for sharing externally leaks __inputs/${DS_...}"
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    ds = variables["datasource"]
+    assert ds["type"] == "datasource" and ds["query"] == "prometheus" and ds["label"] == "Data source"
+    for name in ("job", "instance"):
+        v = variables[name]
+        assert v["type"] == "query" and v["datasource"]["uid"] in ("$datasource", "${datasource}"), v
+        assert v["label"] == name.title() and v["multi"] and v["allValue"] == ".+", v
+    price = variables["price_per_kwh"]
+    assert price["query"] == "0.17" and re.search(r"\((USD|EUR|GBP|[A-Z]{3})\)", price["label"]), price
+    problems = []
+    for p in data_panels(dash):
+        where = f"panel '{p.get('title')}'"
+        if not p.get("title") or not p.get("description"):
+            problems.append(f"{where}: needs a title and a description")
+        if not p.get("fieldConfig", {}).get("defaults", {}).get("unit"):
+            problems.append(f"{where}: needs a unit")
+        if p.get("datasource", {}).get("uid") != "$datasource":
+            problems.append(f"{where}: should use the $datasource variable")
+        if not p.get("targets"):
+            problems.append(f"{where}: has no query")
+        for t in p.get("targets", []):
+            expr = t["expr"]
+            for call in re.finditer(r"\b(rate|irate|increase)\s*\(", expr):
+                rng = re.search(r"\[([^\]]*)\]", expr[call.end():])
+                if not rng or rng.group(1) != "$__rate_interval":
+                    problems.append(f"{where}: {call.group(1)} must use [$__rate_interval]: {expr}")
+            for name, matchers, rng, pos in selectors(expr):
+                if 'job=~"$job"' not in matchers or 'instance=~"$instance"' not in matchers:
+                    problems.append(f"{where}: {name} lacks job=~\"$job\" and instance=~\"$instance\": {expr}")
+                if name.endswith("_total") and not (rng and enclosing_call(expr, pos) in ("rate", "irate",
+                                                                                          "increase")):
+                    problems.append(f"{where}: counter {name} outside rate/increase: {expr}")
+    assert not problems, "\n".join(problems)
+
+
+def test_compose_publishes_ports_on_loopback_only():
+    text = (ROOT / "grafana" / "compose.yml").read_text()
+    ports = re.findall(r'^\s*-\s*"(\S+:\d+(?::\d+)?)"\s*$', text, re.M)
+    assert len(ports) == 3 and all(p.startswith("127.0.0.1:") for p in ports), ports
+    assert "capabilities: [gpu]" in text
+
+
+def test_clock_event_reasons_decode_into_labels():
+    import pynvml
+
+    from job.metrics import REASONS, decode_reasons
+
+    bits = {name: getattr(pynvml, attr) for name, attr in REASONS.items()}
+    mask = pynvml.nvmlClocksEventReasonSwPowerCap | pynvml.nvmlClocksEventReasonHwThermalSlowdown
+    decoded = decode_reasons(mask, bits)
+    assert set(decoded) == set(REASONS)
+    assert {k for k, v in decoded.items() if v} == {"sw_power_cap", "hw_thermal_slowdown"}
+    assert not any(decode_reasons(0, bits).values())
