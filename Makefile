@@ -33,7 +33,7 @@ status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
 test: setup ## Run the test suite
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 
 lint: setup ## ruff over the code
 	$(BIN)/ruff check job tests scripts

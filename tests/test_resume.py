@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_states_equal, final_state, read_log, run_job, start_job
+from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job, start_job
 
 RUN = "r"
 
@@ -22,13 +23,20 @@ def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:
     return out
 
 
-@pytest.fixture
-def reference(small_env: dict[str, str], tmp_path: Path) -> Path:
-    """The same config trained once without interruption."""
-    env = {**small_env, "JOB_OUT_DIR": str(tmp_path / "ref")}
+@pytest.fixture(scope="module")
+def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same config trained once without interruption (read-only: copy it to change it)."""
+    out = tmp_path_factory.mktemp("ref")
+    env = job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(out))
     res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr
-    return tmp_path / "ref" / RUN
+    return out / RUN
+
+
+def copy_of(reference: Path, small_env: dict[str, str]) -> Path:
+    target = Path(small_env["JOB_OUT_DIR"]) / RUN
+    shutil.copytree(reference, target)
+    return target
 
 
 def assert_same_run(run_dir: Path, ref_dir: Path) -> None:
@@ -132,24 +140,25 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(small_env, reference
 
 
 def test_finished_run_exits_0_and_writes_nothing(small_env, reference):
-    env = {**small_env, "JOB_OUT_DIR": str(reference.parent)}
-    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
-    res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
+    run_dir = copy_of(reference, small_env)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
     assert res.returncode == 0
     assert "already done" in res.stdout
-    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
 def test_resume_with_other_shape_is_refused_and_fresh_starts_over(small_env, reference):
-    env = {**small_env, "JOB_OUT_DIR": str(reference.parent)}
-    (reference / "DONE").unlink()  # as if it had stopped early
+    run_dir = copy_of(reference, small_env)
+    env = small_env
+    (run_dir / "DONE").unlink()  # as if it had stopped early
     res = run_job(["train", "--run", RUN, "--n-embd", "64"], cwd=ROOT, env=env)
     assert res.returncode == 2
     assert "n_embd 32 -> 64" in res.stderr and "--fresh" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     res = run_job(["train", "--run", RUN, "--n-embd", "64", "--max-iters", "2", "--fresh"], cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr
-    archived = list(reference.parent.glob(f"{RUN}.old-*"))
+    archived = list(run_dir.parent.glob(f"{RUN}.old-*"))
     assert len(archived) == 1 and (archived[0] / "ckpt").is_dir(), "the old run must be kept"
     assert "starting" in res.stdout
-    assert final_state(reference)["config"]["n_embd"] == 64
+    assert final_state(run_dir)["config"]["n_embd"] == 64
