@@ -40,7 +40,7 @@ def hub_error(e: BaseException, what: str) -> SourceError:
 
     if isinstance(e, errors.GatedRepoError) or getattr(getattr(e, "response", None), "status_code", 0) in (401, 403):
         hint = "no access to the dataset: set HF_TOKEN to a token that can read it, or pass local files"
-    elif isinstance(e, errors.RevisionNotFoundError | errors.RemoteEntryNotFoundError):
+    elif isinstance(e, errors.RevisionNotFoundError | errors.EntryNotFoundError):
         hint = "not found on the hub: check --hf-config, or pass local files"
     elif isinstance(e, errors.RepositoryNotFoundError):
         hint = "dataset not found or no access: set HF_TOKEN, or pass local files"
