@@ -9,7 +9,7 @@ RUN    ?= tiny
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test lint clean
+.PHONY: help setup train sample status test lint clean bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q tests
+
+bench: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--mb 64"
+	$(BIN)/python scripts/bench_prepare.py $(ARGS)
 
 lint: setup ## ruff over the code
 	$(BIN)/ruff check job tests scripts

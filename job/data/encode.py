@@ -11,6 +11,7 @@ parent, and a worker's own share of Python (building the uint16 array) would hol
 
 from __future__ import annotations
 
+import array
 import multiprocessing as mp
 import os
 from collections import deque
@@ -45,12 +46,12 @@ def encode_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """One batch: (tokens with an EOT before each document, lengths, UTF-8 bytes)."""
     ids = get_encoding().encode_ordinary_batch(texts, num_threads=1)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    flat: list[int] = []
+    flat = array.array("H")  # C-speed appends: about half the cost of np.array on a list of ints
     for x in ids:
         flat.append(EOT)
         flat.extend(x)
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
-    return np.array(flat, dtype=np.uint16), lengths, nbytes
+    return np.frombuffer(flat, dtype=np.uint16), lengths, nbytes
 
 
 def batches(docs: Iterable[Document], chars: int = BATCH_CHARS) -> Iterator[tuple[list[tuple[int, int]], list[str]]]:
