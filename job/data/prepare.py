@@ -9,6 +9,7 @@ parallel tokenisation into fixed-size shards and resumes after a kill (job/data/
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,8 +166,9 @@ def prepare_stream(source: LocalSource | FinewebSource, data_dir: Path, opts: Pr
         total_docs = source.total_documents()
         total, unit = ((opts.max_tokens, "tokens") if opts.max_tokens else
                        (total_docs, "docs") if total_docs else (None, "tokens"))
-        docs_seen = base_docs
-        with progress(f"tokenising ({workers} workers)", total=total, unit=unit, detail=True) as bar:
+        docs_seen, quiet_bar, said = base_docs, not sys.stderr.isatty(), time.time()
+        print(f"{data_dir}: tokenising with {workers} worker processes", flush=True)
+        with progress("tokenising", total=total, unit=unit, detail=True) as bar:
             for n, batch in enumerate(encoded(source.documents(file, record), workers)):
                 lead = 0
                 if n == 0 and resumed:
@@ -177,8 +179,11 @@ def prepare_stream(source: LocalSource | FinewebSource, data_dir: Path, opts: Pr
                 writer.add(batch, lead)
                 docs_seen += len(batch.positions)
                 rate = (writer.tokens - base_tokens) / max(time.time() - started, 1e-9)
-                bar.update(completed=writer.tokens if unit == "tokens" else docs_seen,
-                           detail=_detail(docs_seen, writer.tokens, state["bytes"] + writer.bytes_pending, rate))
+                detail = _detail(docs_seen, writer.tokens, state["bytes"] + writer.bytes_pending, rate)
+                bar.update(completed=writer.tokens if unit == "tokens" else docs_seen, detail=detail)
+                if quiet_bar and time.time() - said >= 30:  # logs (cron, containers) get a line now and then
+                    print(f"{data_dir}: {detail}, {len(state['shards'])} shards", file=sys.stderr, flush=True)
+                    said = time.time()
                 if writer.done:
                     break
         writer.close()
