@@ -167,7 +167,7 @@ def prepare_stream(source: LocalSource | FinewebSource, data_dir: Path, opts: Pr
         total, unit = ((opts.max_tokens, "tokens") if opts.max_tokens else
                        (total_docs, "docs") if total_docs else (None, "tokens"))
         docs_seen, quiet_bar, said = base_docs, not sys.stderr.isatty(), time.time()
-        print(f"{data_dir}: tokenising with {workers} worker processes", flush=True)
+        print(f"{data_dir}: tokenising with {workers} worker process{'es' if workers > 1 else ''}", flush=True)
         with progress("tokenising", total=total, unit=unit, detail=True) as bar:
             for n, batch in enumerate(encoded(source.documents(file, record), workers)):
                 lead = 0
