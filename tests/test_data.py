@@ -118,36 +118,43 @@ def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tm
     assert again.returncode == 0 and "sha256 verified" in again.stdout
 
 
-def write_corpus(path: Path, n_docs: int) -> None:
-    write_jsonl(path, make_docs(n_docs, seed=7, max_words=600))
-
-
-def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
-    corpus = tmp_path / "corpus.jsonl"
-    write_corpus(corpus, 1000)
-    args = ["--source", str(corpus), "--shard-tokens", "2000", "--val-tokens", "5000", "--workers", "2"]
-
-    whole = tmp_path / "whole"
-    assert run_job("prepare", *args, "--out", str(whole)).returncode == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", *args, "--out", str(killed)],
+def start_and_kill(args: list[str], out: Path, train_shards: int) -> None:
+    """Start a prepare and SIGKILL it once `train_shards` train shards are on disk."""
+    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", *args, "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if len(list(killed.glob("train_*.bin"))) >= 3:
+        if len(list(out.glob("train_*.bin"))) >= train_shards:
             break
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (killed / "manifest.json").exists(), "prepare finished before the kill; grow the corpus"
+    assert not (out / "manifest.json").exists(), "prepare finished before the kill; grow the corpus"
+
+
+def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
+    docs = make_docs(1000, seed=7, max_words=600)
+    # parquet first (small row groups, like fineweb's), then jsonl: one kill lands in each
+    pq.write_table(pa.table({"text": docs[:400]}), tmp_path / "a.parquet", row_group_size=16)
+    write_jsonl(tmp_path / "b.jsonl", docs[400:])
+    args = ["--source", str(tmp_path / "a.parquet"), "--source", str(tmp_path / "b.jsonl"),
+            "--shard-tokens", "2000", "--val-tokens", "5000", "--workers", "2"]
+
+    whole = tmp_path / "whole"
+    assert run_job("prepare", *args, "--out", str(whole)).returncode == 0
+    n_train = len(list(whole.glob("train_*.bin")))
+
+    killed = tmp_path / "killed"
+    start_and_kill(args, killed, 3)  # inside a.parquet
+    start_and_kill(args, killed, int(n_train * 0.7))  # resumed, then killed again inside b.jsonl
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in killed.glob("*.bin")}
-    assert before
+    assert len(before) > 3
 
     r = run_job("prepare", *args, "--out", str(killed))
     assert r.returncode == 0, r.stderr
     assert "resuming after" in r.stdout
+    assert np.array_equal(read_dataset(killed), expected_stream(docs))
     whole_files = sorted(p.name for p in whole.iterdir())
     assert sorted(p.name for p in killed.iterdir()) == whole_files
     for name in whole_files:

@@ -196,7 +196,8 @@ def parquet_documents(path: Path, text_field: str, start: int = 0) -> Iterator[t
                 record = first
                 for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=[group], columns=[text_field]):
                     for text in batch.column(0).to_pylist():
-                        yield record, text or ""
+                        if record >= start:
+                            yield record, text or ""
                         record += 1
                 first += rows
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
