@@ -89,7 +89,7 @@ def prepare(
                                           "instead of downloading."),
     text_field: str = typer.Option("text", help="The .jsonl field / .parquet column holding the text."),
     separator: Optional[str] = typer.Option(None, help="Split .txt files into documents on this string "  # noqa: UP045
-                                            "(\\n for newline) (default: one document per file)."),
+                                            "(\\n newline, \\t tab) (default: one document per file)."),
 ) -> None:
     """Text -> GPT-2 tokens -> llm.c shards plus manifest.json. A killed prepare resumes where it stopped.
 
@@ -107,7 +107,7 @@ def prepare(
         elif names == ["shakespeare"]:
             p.prepare_shakespeare(data_dir, force=force)
         else:
-            sep = separator.encode().decode("unicode_escape") if separator else None
+            sep = separator.replace("\\n", "\n").replace("\\t", "\t") if separator else None
             src = p.open_source(names, hf_config, hf_dir, text_field, sep)
             opts = p.PrepareOptions(
                 shard_tokens=p.parse_count(shard_tokens, "--shard-tokens"),

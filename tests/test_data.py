@@ -150,6 +150,8 @@ def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
     start_and_kill(args, killed, int(n_train * 0.7))  # resumed, then killed again inside b.jsonl
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in killed.glob("*.bin")}
     assert len(before) > 3
+    other = run_job("prepare", *[a if a != "2000" else "3000" for a in args], "--out", str(killed))
+    assert other.returncode == 2 and "unfinished prepare with other settings (shard_tokens" in other.stderr
 
     r = run_job("prepare", *args, "--out", str(killed))
     assert r.returncode == 0, r.stderr
@@ -199,6 +201,8 @@ def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_pat
     assert manifest["source"]["name"] == "fineweb-edu" and manifest["source"]["config"] == "sample-10BT"
     assert manifest["source"]["files"] == ["sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
     assert manifest["total_tokens"] == cap and manifest["settings"]["max_tokens"] == cap
+    again = run_job("prepare", "--source", "fineweb-edu", "--hf-dir", str(hf), "--out", str(out))
+    assert again.returncode == 0 and "already prepared" in again.stdout
 
 
 @pytest.mark.parametrize("env, says", [
