@@ -9,7 +9,7 @@ RUN    ?= tiny
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test lint clean monitor monitor-down bench bench-metrics
+.PHONY: help setup train sample status test lint clean monitor monitor-down bench bench-prepare bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q -n auto tests
 
+bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--mb 64"
+	$(BIN)/python scripts/bench_prepare.py $(ARGS)
+
 lint: setup ## ruff over the code
 	$(BIN)/ruff check job tests scripts
 
@@ -50,7 +53,7 @@ monitor-down: ## Stop the monitoring stack (keeps Prometheus and Grafana data vo
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
 	$(BIN)/python scripts/bench_metrics.py
 
-bench: bench-metrics ## Run the benchmarks
+bench: bench-prepare bench-metrics ## Run the benchmarks
 
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

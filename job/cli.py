@@ -73,20 +73,49 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @guarded
 def prepare(
-    source: str = typer.Option("shakespeare", help="Where the text comes from: shakespeare (embedded)."),
-    out: Optional[Path] = typer.Option(None, help="Dataset directory [default: data/<source>]."),  # noqa: UP045
+    source: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, help="Where the text comes from: shakespeare (embedded), fineweb-edu (Hugging Face), or local "
+        ".txt/.jsonl/.parquet files, directories and globs, optionally .gz/.zst; repeatable. (default: shakespeare)"),
+    out: Optional[Path] = typer.Option(None, help="Dataset directory (default: data/<source>)."),  # noqa: UP045
     force: bool = typer.Option(False, help="Tokenise again even if the dataset is already prepared."),
+    verify: bool = typer.Option(False, "--verify", help="Only re-hash the dataset's shards against its manifest."),
+    max_tokens: Optional[str] = typer.Option(None, help="Stop after this many tokens, e.g. 3.68B."),  # noqa: UP045
+    shard_tokens: str = typer.Option("100M", help="Tokens per shard."),
+    val_tokens: Optional[str] = typer.Option(None, help="Tokens held out for val (default: the first shard)."),  # noqa: UP045
+    workers: int = typer.Option(0, min=0, help="Tokeniser processes (0: one per core)."),
+    hf_config: str = typer.Option("sample-10BT", help="fineweb-edu config: sample-10BT, sample-100BT, default, "
+                                  "CC-MAIN-2024-10, ..."),
+    hf_dir: Optional[Path] = typer.Option(None, help="A local copy of the fineweb-edu repository to read "  # noqa: UP045
+                                          "instead of downloading."),
+    text_field: str = typer.Option("text", help="The .jsonl field / .parquet column holding the text."),
+    separator: Optional[str] = typer.Option(None, help="Split .txt files into documents on this string "  # noqa: UP045
+                                            "(\\n newline, \\t tab) (default: one document per file)."),
 ) -> None:
-    """Text -> GPT-2 tokens -> llm.c shards plus manifest.json.
+    """Text -> GPT-2 tokens -> llm.c shards plus manifest.json. A killed prepare resumes where it stopped.
 
-    Example: job prepare --source shakespeare
+    Examples: job prepare; job prepare --source fineweb-edu --max-tokens 3.68B;
+    job prepare --source 'corpus/*.jsonl.zst' --out data/corpus; job prepare --out data/corpus --verify
     """
-    from job.data.prepare import SOURCES
-    from job.data.prepare import prepare as run_prepare
+    from job.data import prepare as p
+    from job.data.sources import SourceError
 
-    if source not in SOURCES:
-        fail(f"source: unknown source '{source}'; choose one of {', '.join(SOURCES)}")
-    run_prepare(source, out or Path("data") / source, force=force)
+    names = source or ["shakespeare"]
+    data_dir = out or p.default_out(names, hf_config)
+    try:
+        if verify:
+            p.verify(data_dir)
+        elif names == ["shakespeare"]:
+            p.prepare_shakespeare(data_dir, force=force)
+        else:
+            sep = separator.replace("\\n", "\n").replace("\\t", "\t") if separator else None
+            src = p.open_source(names, hf_config, hf_dir, text_field, sep)
+            opts = p.PrepareOptions(
+                shard_tokens=p.parse_count(shard_tokens, "--shard-tokens"),
+                val_tokens=p.parse_count(val_tokens, "--val-tokens"),
+                max_tokens=p.parse_count(max_tokens, "--max-tokens"), workers=workers or None, force=force)
+            p.prepare_stream(src, data_dir, opts)
+    except SourceError as e:
+        fail(str(e))
 
 
 @app.command()
@@ -95,6 +124,7 @@ def prepare(
 def train(
     cfg: Config,
     fresh: bool = typer.Option(False, help="Start over: move runs/<run> aside to runs/<run>.old-<time>, then train."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the manifest before training."),
 ) -> None:
     """Train, or resume where the run stopped. Exit 0 done, 75 stopped with a checkpoint
     (resume later), 1 failed, 2 bad settings.
@@ -105,6 +135,10 @@ def train(
     from job.metrics import monitoring
     from job.train import train as run_train
 
+    if verify and (cfg.data_dir / "manifest.json").is_file():
+        from job.data.shards import check_dataset
+
+        check_dataset(cfg.data_dir, verify=True)  # sizes and headers are checked on every start anyway
     if fresh and cfg.run_dir.exists():
         moved = checkpoint.archive_run(cfg.run_dir)
         typer.echo(f"--fresh: moved the old run to {moved}")

@@ -120,7 +120,8 @@ def check_dataset(data_dir: Path, verify: bool = False) -> dict[str, Any]:
         if read_header(path) != entry["tokens"]:
             raise ShardError(f"{path}: token count differs from {MANIFEST}; re-run `job prepare`")
         if verify and sha256_file(path) != entry["sha256"]:
-            raise ShardError(f"{path}: sha256 differs from {MANIFEST} (corrupt shard); re-run `job prepare`")
+            raise ShardError(f"{path}: sha256 differs from {MANIFEST} (corrupt shard); delete it and "
+                             f"re-run `job prepare`")
     return manifest
 
 
