@@ -9,7 +9,7 @@ RUN    ?= tiny
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test lint clean
+.PHONY: help setup train sample status test lint clean docker-build docker-train cron-install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,9 +35,32 @@ status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q tests
 
-lint: setup ## ruff over the code
+lint: setup ## ruff over the code, hadolint over the Dockerfile
 	$(BIN)/ruff check job tests scripts
+	$(BIN)/hadolint Dockerfile
 
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './runs/*' -not -path './data/*' -exec rm -rf {} +
+
+# ---- container and cron (see the README's "Container, cron and the nightly window") ----------
+IMAGE    ?= job:latest
+ENV_FILE ?= .env
+PORT     ?= $(or $(JOB_METRICS_PORT),9100)
+HF_CACHE ?= $(HOME)/.cache/huggingface
+
+docker-build: ## Build the CUDA image (IMAGE=job:latest), owned by your uid/gid
+	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) -t $(IMAGE) .
+
+docker-train: ## Train in the container on all GPUs; metrics on 127.0.0.1:PORT; ARGS pass through
+	mkdir -p data runs $(HF_CACHE)
+	docker run --rm --init --gpus all --stop-timeout 120 --name job-$(RUN) \
+	  $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE)) \
+	  -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
+	  -v $(HF_CACHE):/home/job/.cache/huggingface -v /etc/localtime:/etc/localtime:ro \
+	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) \
+	  $(IMAGE) train --run $(RUN) $(ARGS)
+
+cron-install: ## Print crontab lines for the nightly window (never edits your crontab)
+	@echo "# Add these with 'crontab -e' (or: (crontab -l; make -s cron-install) | crontab -)"
+	@sed 's|/path/to/repo|$(CURDIR)|g' scripts/crontab.example
