@@ -59,6 +59,7 @@ docker-train: ## Train in the container on all GPUs; metrics on 127.0.0.1:PORT; 
 	  -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
 	  -v $(HF_CACHE):/home/job/.cache/huggingface -v /etc/localtime:/etc/localtime:ro \
 	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) \
+	  $(foreach v,$(filter JOB_% HF_TOKEN,$(.VARIABLES)),-e $(v)) \
 	  $(IMAGE) train --run $(RUN) $(ARGS)
 
 cron-install: ## Print crontab lines for the nightly window (never edits your crontab)

@@ -120,6 +120,9 @@ case $launcher in
          -v "$(cd "$data_root" && pwd):/app/data" -v "$(cd "$out_dir" && pwd):/app/runs"
          -v "$hf_cache:/home/job/.cache/huggingface" -v /etc/localtime:/etc/localtime:ro)
     [[ -f $env_file ]] && cmd+=(--env-file "$env_file")
+    # Settings from the environment too (cron's JOB_STOP_AT=07:00 above all); -e NAME passes the
+    # value without putting it on the command line, where `ps` would show an HF_TOKEN.
+    for name in $(compgen -e | grep -E '^(JOB_|HF_TOKEN$|TZ$)'); do cmd+=(-e "$name"); done
     [[ $port != 0 ]] && cmd+=(-p "127.0.0.1:$port:$port")
     cmd+=("${JOB_IMAGE:-job:latest}" train --run "$run" --out-dir /app/runs --data-root /app/data) ;;
   *) say "error: JOB_LAUNCHER='$launcher' is not local or docker"; exit 2 ;;

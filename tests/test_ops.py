@@ -231,6 +231,7 @@ def test_healthcheck_probes_the_metrics_endpoint() -> None:
         assert up.returncode == 0, up.stderr
     finally:
         server.shutdown()
+        server.server_close()  # closed, not just idle: the probe must be refused, not time out
         thread.join()
     down = subprocess.run(script, env=base_env(JOB_METRICS_PORT=str(port)), capture_output=True, text=True)
     assert down.returncode == 1 and f"port {port}" in down.stderr
@@ -362,6 +363,45 @@ def test_crash_loop_stops_after_n_failures_without_progress(ops_data: Path, tmp_
     assert call().returncode == 2 and started() == 5
 
 
+def test_docker_launcher_command_line(tmp_path: Path) -> None:
+    """No docker engine here: a stand-in `docker` on PATH records the command the wrapper builds
+    and answers with a chosen exit code, which must come back out of the wrapper."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$DOCKER_ARGS"\n'
+                                    'printf "JOB_STOP_AT=%s\\n" "$JOB_STOP_AT" >> "$DOCKER_ARGS"\nexit "$DOCKER_RC"\n')
+    (bin_dir / "docker").chmod(0o755)
+    env_file = tmp_path / "job.env"
+    env_file.write_text("# HF_TOKEN stays in the file\nHF_TOKEN=hf_secret\nJOB_METRICS_PORT=9200\n")
+    env = tiny_env(tmp_path / "data", tmp_path / "w", JOB_LAUNCHER="docker", JOB_STOP_AT="07:00", JOB_MAX_FAILURES="1",
+                   JOB_ENV_FILE=str(env_file), HF_HOME=str(tmp_path / "hf"), DOCKER_ARGS=str(tmp_path / "args"),
+                   DOCKER_RC="75", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env.pop("JOB_METRICS_PORT")  # from the env file, then
+
+    def call() -> int:
+        return subprocess.run(["bash", str(WRAPPER)], env=env, capture_output=True, timeout=60).returncode
+
+    assert call() == 75
+    args = (tmp_path / "args").read_text().splitlines()
+    line = " ".join(args)
+    assert args[:2] == ["run", "--rm"] and "--init" in args and "--gpus all" in line
+    assert "--stop-timeout 120" in line and f"--name job-{RUN}" in line
+    assert "-p 127.0.0.1:9200:9200" in line  # published on loopback only
+    assert f"--env-file {env_file}" in line and "-e JOB_STOP_AT" in line and "JOB_STOP_AT=07:00" in args
+    assert "hf_secret" not in line  # passed by name, never on the command line
+    work = tmp_path / "w"
+    for mount in (f"{work}/runs:/app/runs", f"{work}/data:/app/data", f"{tmp_path}/hf:/home/job/.cache/huggingface",
+                  "/etc/localtime:/etc/localtime:ro"):
+        assert f"-v {mount}" in line
+    assert args[-9:-1] == ["job:latest", "train", "--run", RUN, "--out-dir", "/app/runs", "--data-root", "/app/data"]
+    assert args[-1] == "JOB_STOP_AT=07:00"  # what the container gets for -e JOB_STOP_AT
+    env["DOCKER_RC"] = "125"  # docker itself failed (e.g. a container of that name still runs)
+    assert call() == 1
+    assert "ended abnormally (exit 125" in (work / "runs" / ".cron" / f"{RUN}.log").read_text()
+    (tmp_path / "args").unlink()
+    assert call() == 1 and not (tmp_path / "args").exists()  # JOB_MAX_FAILURES=1: given up, docker not run
+
+
 # ---- the job's own time window --------------------------------------------------------------------
 
 def test_stop_at_is_the_next_such_local_time() -> None:
@@ -393,7 +433,7 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(ops_data: Path, t
 
     # stop_at a few seconds ahead (HH:MM:SS). If the start-up outlasts the margin, the time has
     # passed before the loop begins and rolls over to tomorrow: detect that and retry, wider.
-    margin = 2 * startup + 3
+    margin = 1.25 * startup + 1.5
     for _ in range(3):
         at = datetime.now() + timedelta(seconds=margin)
         stop_at = at.strftime("%H:%M:%S")
