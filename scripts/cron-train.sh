@@ -82,8 +82,13 @@ exec 9>> "$cron_dir/$run.lock"
 if ! flock -n 9; then
   if [[ $mode == stop ]]; then
     pid=$(cat "$cron_dir/$run.pid" 2>/dev/null)
-    say "--stop: sending SIGTERM to the wrapper (pid ${pid:-?}); the job checkpoints and exits 75"
-    [[ -n $pid ]] && kill -TERM "$pid"
+    # the holder may be a job whose wrapper was killed: never signal a recycled pid
+    if [[ -z $pid ]] || ! ps -o args= -p "$pid" | grep -q cron-train; then
+      say "--stop: the job runs without its wrapper; stop it by hand (kill -TERM <its pid>)"
+      exit 1
+    fi
+    say "--stop: sending SIGTERM to the wrapper (pid $pid); the job checkpoints and exits 75"
+    kill -TERM "$pid"
     exit 0
   fi
   say "already running (lock held); nothing to do"

@@ -302,16 +302,13 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     stop = [e for e in events(run_dir) if e["event"] == "stop"][-1]
     assert stop["iter"] >= got and sealed_iterations(run_dir)[-1] == stop["iter"]
 
-    # 3: SIGTERM to the group at a random moment, during start-up or training: still a clean 75.
-    since = len(events(run_dir))
+    # 3: SIGTERM to the group during start-up (the job is still importing torch, before its own
+    #    handler exists): the wrapper still reports a requested stop, 75, and counts no failure.
     proc = wrapper(env)
-    if rng.random() < 0.5:
-        time.sleep(rng.uniform(0.5, 1.5))  # the job is still importing torch
-    else:
-        assert wait_for_step(run_dir, proc, sealed_iterations(run_dir)[-1] + rng.randint(1, 4), since) > 0
-        time.sleep(rng.uniform(0, 0.3))
+    time.sleep(rng.uniform(0.5, 1.5))
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) == 75, proc.stderr.read()
+    assert not (tmp_path / "runs" / ".cron" / f"{RUN}.failures").exists()
 
     # then cron keeps calling until the run is DONE
     for _ in range(3):
