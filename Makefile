@@ -9,7 +9,7 @@ RUN    ?= tiny
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test lint clean docker-build docker-train cron-install
+.PHONY: help setup train sample status test lint clean monitor monitor-down bench bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,20 @@ lint: setup ## ruff over the code, hadolint over the Dockerfile
 	$(BIN)/ruff check job tests scripts
 	$(BIN)/hadolint Dockerfile
 
+monitor: ## Start trainer (GPU), Prometheus and Grafana with docker compose; dashboard on 127.0.0.1:3000
+	@command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin and the NVIDIA container toolkit" >&2; exit 2; }
+	docker compose -f grafana/compose.yml up -d --build
+	@echo "Grafana:    http://127.0.0.1:3000/d/trainer  (anonymous viewer; admin/admin to edit)"
+	@echo "Prometheus: http://127.0.0.1:9090   metrics: http://127.0.0.1:9100/metrics"
+
+monitor-down: ## Stop the monitoring stack (keeps Prometheus and Grafana data volumes)
+	docker compose -f grafana/compose.yml down
+
+bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
+	$(BIN)/python scripts/bench_metrics.py
+
+bench: bench-metrics ## Run the benchmarks
+
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './runs/*' -not -path './data/*' -exec rm -rf {} +
@@ -48,6 +62,8 @@ IMAGE    ?= job:latest
 ENV_FILE ?= .env
 PORT     ?= $(or $(JOB_METRICS_PORT),9100)
 HF_CACHE ?= $(HOME)/.cache/huggingface
+
+.PHONY: docker-build docker-train cron-install
 
 docker-build: ## Build the CUDA image (IMAGE=job:latest), owned by your uid/gid
 	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) -t $(IMAGE) .
