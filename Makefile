@@ -38,8 +38,9 @@ test: setup ## Run the test suite
 bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--mb 64"
 	$(BIN)/python scripts/bench_prepare.py $(ARGS)
 
-lint: setup ## ruff over the code
+lint: setup ## ruff over the code, hadolint over the Dockerfile
 	$(BIN)/ruff check job tests scripts
+	$(BIN)/hadolint Dockerfile
 
 monitor: ## Start trainer (GPU), Prometheus and Grafana with docker compose; dashboard on 127.0.0.1:3000
 	@command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin and the NVIDIA container toolkit" >&2; exit 2; }
@@ -58,3 +59,28 @@ bench: bench-prepare bench-metrics ## Run the benchmarks
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './runs/*' -not -path './data/*' -exec rm -rf {} +
+
+# ---- container and cron (see the README's "Container, cron and the nightly window") ----------
+IMAGE    ?= job:latest
+ENV_FILE ?= .env
+PORT     ?= $(or $(JOB_METRICS_PORT),9100)
+HF_CACHE ?= $(HOME)/.cache/huggingface
+
+.PHONY: docker-build docker-train cron-install
+
+docker-build: ## Build the CUDA image (IMAGE=job:latest), owned by your uid/gid
+	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) -t $(IMAGE) .
+
+docker-train: ## Train in the container on all GPUs; metrics on 127.0.0.1:PORT; ARGS pass through
+	mkdir -p data runs $(HF_CACHE)
+	docker run --rm --init --gpus all --stop-timeout 120 --name job-$(RUN) \
+	  $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE)) \
+	  -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
+	  -v $(HF_CACHE):/home/job/.cache/huggingface -v /etc/localtime:/etc/localtime:ro \
+	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) \
+	  $(foreach v,$(filter JOB_% HF_TOKEN,$(.VARIABLES)),-e $(v)) \
+	  $(IMAGE) train --run $(RUN) $(ARGS)
+
+cron-install: ## Print crontab lines for the nightly window (never edits your crontab)
+	@echo "# Add these with 'crontab -e' (or: (crontab -l; make -s cron-install) | crontab -)"
+	@sed 's|/path/to/repo|$(CURDIR)|g' scripts/crontab.example

@@ -64,7 +64,7 @@ class Config:
     metrics_addr: str = "127.0.0.1"
     peak_tflops: float = 0.0  # peak used for MFU; 0 means "the card's own, if known"
     max_runtime: str = ""  # e.g. "8h30m": checkpoint and exit 75 when reached
-    stop_at: str = ""  # "HH:MM" local time: checkpoint and exit 75 when reached
+    stop_at: str = ""  # "HH:MM" or "HH:MM:SS" local time: checkpoint and exit 75 when reached
     price_per_kwh: float = 0.17
     currency: str = "USD"
 
@@ -134,11 +134,12 @@ def parse_duration(text: str) -> float:
     return float(((d * 24 + h) * 60 + mi) * 60 + s)
 
 
-def parse_clock(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
-    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59:
-        raise ConfigError(f"stop_at: '{text}' is not a local time; use HH:MM, e.g. 07:00")
-    return int(m.group(1)), int(m.group(2))
+def parse_clock(text: str) -> tuple[int, int, int]:
+    """'07:00' -> (7, 0, 0); seconds are optional ('06:59:30')."""
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text.strip())
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59 or int(m.group(3) or 0) > 59:
+        raise ConfigError(f"stop_at: '{text}' is not a local time; use HH:MM or HH:MM:SS, e.g. 07:00")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -103,9 +103,9 @@ def deadline(cfg: Config, started: float) -> tuple[float, str] | None:
     if cfg.max_runtime:
         options.append((started + parse_duration(cfg.max_runtime), f"max_runtime {cfg.max_runtime}"))
     if cfg.stop_at:
-        h, m = parse_clock(cfg.stop_at)
+        h, m, s = parse_clock(cfg.stop_at)
         now = datetime.fromtimestamp(started)
-        at = now.replace(hour=h, minute=m, second=0, microsecond=0)
+        at = now.replace(hour=h, minute=m, second=s, microsecond=0)
         if at <= now:
             at += timedelta(days=1)
         options.append((at.timestamp(), f"stop_at {cfg.stop_at}"))

@@ -1,0 +1,92 @@
+# The trainer in a CUDA container:  make docker-build && make docker-train
+#
+#   docker run --rm --init --gpus all --stop-timeout 120 --env-file .env \
+#     -v "$PWD/data:/app/data" -v "$PWD/runs:/app/runs" \
+#     -v "$HOME/.cache/huggingface:/home/job/.cache/huggingface" \
+#     -p 127.0.0.1:9100:9100 job:latest train --max-iters 200
+#
+# --init is required: it puts docker's tini in front as PID 1, so SIGTERM from `docker stop`
+# reaches Python (which then checkpoints and exits 75) and torch.compile's worker processes get
+# reaped. Give `docker stop` time to finish the step and write the checkpoint: --stop-timeout 120
+# (or `docker stop -t 120`); docker's default of 10 s can SIGKILL a 124M run mid-checkpoint
+# (the previous checkpoint survives, but up to ckpt_interval iterations are lost).
+
+# The CUDA variant of the torch wheel (cu126, cu128, cu130...) and a base of the same CUDA
+# version; the driver on the host must support it (nvidia-smi shows the newest it can).
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
+ARG TORCH_CUDA=cu128
+
+# ---- build: a venv with every dependency, plus tiktoken's gpt2 files ----------------------------
+FROM ${CUDA_IMAGE} AS build
+ARG TORCH_CUDA
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# DL3008 (unpinned apt packages) ignored: the base image tag fixes the Ubuntu release, and the
+# archive drops old package versions, so exact apt pins would break the build within weeks.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+COPY requirements.txt ./
+# torch: the version requirements.txt pins, as the CUDA build from PyTorch's own index; every
+# other package from the same exact pins as the local venv.
+RUN torch_pin=$(grep -E '^torch==' requirements.txt) \
+ && /opt/venv/bin/pip install "$torch_pin" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
+ && grep -vE '^torch==' requirements.txt > /tmp/requirements-notorch.txt \
+ && /opt/venv/bin/pip install -r /tmp/requirements-notorch.txt
+COPY pyproject.toml README.md ./
+COPY job ./job
+RUN /opt/venv/bin/pip install --no-deps . \
+ && rm -rf /src/build /src/*.egg-info
+# Bake GPT-2's BPE files into tiktoken's cache, so the container never needs the network for them.
+# DL3064 ignored: it reads "TOKEN" in TIKTOKEN_CACHE_DIR as a secret; it is a cache path.
+# hadolint ignore=DL3064
+ENV TIKTOKEN_CACHE_DIR=/opt/tiktoken
+RUN /opt/venv/bin/python -c "import tiktoken; assert tiktoken.get_encoding('gpt2').n_vocab == 50257"
+
+# ---- runtime: the venv, a non-root user, nothing else --------------------------------------------
+# A -base CUDA image, not -runtime: the torch wheel brings its own cuBLAS, cuDNN and NCCL (the
+# nvidia-* wheels), so -runtime's copies would only add gigabytes. The driver comes from the host
+# through the NVIDIA container toolkit (--gpus all).
+FROM ${CUDA_IMAGE}
+# DL3008 ignored, as above: the Ubuntu release is pinned by the base image tag.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 \
+ && rm -rf /var/lib/apt/lists/*
+# UID/GID: match the host user that owns data/ and runs/ (make docker-build passes `id -u`).
+ARG UID=1000
+ARG GID=1000
+# Ubuntu 24.04 images ship a user "ubuntu" holding 1000:1000; it gives way to ours.
+RUN (userdel -r ubuntu 2>/dev/null || true) \
+ && groupadd -g "${GID}" job \
+ && useradd -l -m -u "${UID}" -g "${GID}" -s /bin/bash job \
+ && mkdir -p /app/data /app/runs /home/job/.cache/huggingface \
+ && chown -R job:job /app /home/job/.cache
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/tiktoken /opt/tiktoken
+COPY scripts/healthcheck.py /app/scripts/healthcheck.py
+# JOB_METRICS_ADDR: inside the container the metrics server must listen on all interfaces, or a
+# published port cannot reach it; publish it on the host's 127.0.0.1 only (-p 127.0.0.1:9100:9100).
+# DL3064 ignored, as above: TIKTOKEN_CACHE_DIR is a path, not a secret.
+# hadolint ignore=DL3064
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    TIKTOKEN_CACHE_DIR=/opt/tiktoken \
+    HF_HOME=/home/job/.cache/huggingface \
+    JOB_METRICS_ADDR=0.0.0.0 \
+    JOB_METRICS_PORT=9100
+WORKDIR /app
+# Numeric, so the host reads the files it writes as the same user (uid:gid of job above).
+USER ${UID}:${GID}
+VOLUME ["/app/data", "/app/runs", "/home/job/.cache/huggingface"]
+EXPOSE 9100
+# Data prep and torch.compile come before the metrics server: the start period covers them.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
+  CMD ["python", "/app/scripts/healthcheck.py"]
+# SIGTERM: the job finishes its step, writes a checkpoint and exits 75 (see --stop-timeout above).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["python", "-m", "job"]
+CMD ["train"]
