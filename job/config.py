@@ -42,6 +42,7 @@ class Config:
     vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
     bias: bool = False
     dropout: float = 0.0
+    loss_chunk: int = 0  # fuse head + loss over this many rows at a time (0 = full logits)
     # batch and schedule
     batch_size: int = 16  # micro-batch, in sequences
     grad_accum: int = 1
@@ -264,6 +265,7 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, f"beta1/beta2: must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     _check(cfg.grad_clip >= 0, f"grad_clip: must be >= 0 (0 = off), got {cfg.grad_clip}")
     _check(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1), got {cfg.dropout}")
+    _check(cfg.loss_chunk >= 0, f"loss_chunk: must be >= 0 (0 = full logits), got {cfg.loss_chunk}")
     _check(cfg.keep_ckpts >= 2,
            f"keep_ckpts: must be >= 2 so a corrupt newest checkpoint has a fallback, got {cfg.keep_ckpts}")
     _check(0 <= cfg.metrics_port <= 65535, f"metrics_port: must be 0 (off) or 1-65535, got {cfg.metrics_port}")

@@ -24,6 +24,7 @@ class GPTConfig:
     vocab_size: int = 50304
     bias: bool = False
     dropout: float = 0.0
+    loss_chunk: int = 0  # rows per chunk of the fused head + loss; 0 = plain full logits
 
 
 class LayerNorm(nn.Module):
@@ -83,6 +84,42 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class ChunkedHeadLoss(torch.autograd.Function):
+    """The output head and the cross-entropy, fused and taken a few rows at a time.
+
+    The full (tokens x vocab) logits are the largest tensor of a small GPT's step, several times
+    its weights, and streaming them through memory for softmax and its gradient costs more than
+    the matmul on a CPU. Here each chunk's logits are made, turned into the loss and its gradient
+    (softmax minus one-hot) and dropped while still in cache; the gradients for the hidden states
+    and the head weight are kept for backward, which only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        n = h.size(0)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for i in range(0, n, chunk):
+            hc, tc = h[i:i + chunk], targets[i:i + chunk]
+            z = (hc @ weight.t()).float()
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            total += (lse.squeeze(1) - z.gather(1, tc[:, None]).squeeze(1)).sum()
+            p = z.sub_(lse).exp_()  # softmax, in place of the logits
+            p[torch.arange(p.size(0), device=p.device), tc] -= 1.0
+            p /= n
+            grad_h[i:i + chunk] = p.to(h.dtype) @ weight.to(h.dtype)
+            grad_w.addmm_(p.t().to(grad_w.dtype), hc.to(grad_w.dtype))  # in place: no weight-sized temporary
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, (grad_w * grad_out).to(ctx.weight_dtype), None, None
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -128,6 +165,10 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:  # generation needs only the last position's logits
             return self.lm_head(x[:, [-1], :]), None
+        if self.cfg.loss_chunk:
+            loss = ChunkedHeadLoss.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight,
+                                         targets.reshape(-1), self.cfg.loss_chunk)
+            return None, loss
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
         return logits, loss

@@ -17,7 +17,8 @@ stream in fp32 (autocast leaves it there):
   logits: b·T·V·c (the model's output, kept while the loss backpropagates) + fp32 log-probs saved
     by the loss (4·b·T·V) + in backward their gradient and the logits' gradient in fp32 (8·b·T·V).
     With compile on, inductor fuses the loss and keeps only the logits and their gradient in the
-    compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check.
+    compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check. With
+    loss_chunk set, the fused chunked head + loss holds one chunk's logits at a time instead.
 """
 
 from __future__ import annotations
@@ -99,6 +100,10 @@ def activation_bytes(cfg: Config, batch: int, c: int) -> int:
 
 
 def logits_bytes(cfg: Config, batch: int, c: int) -> int:
+    if cfg.loss_chunk:  # model.ChunkedHeadLoss: one chunk's fp32 logits and softmax at a time,
+        # plus the gradients it keeps for backward (hidden states, fp32 head weight)
+        rows = min(cfg.loss_chunk, batch * cfg.block_size)
+        return 2 * 4 * rows * cfg.vocab_size + 4 * batch * cfg.block_size * cfg.n_embd + 4 * cfg.vocab_size * cfg.n_embd
     btv = batch * cfg.block_size * cfg.vocab_size
     return 2 * c * btv if cfg.compile else (c + 12) * btv
 

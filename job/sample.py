@@ -19,7 +19,7 @@ def load_model(run_dir: Path, device: torch.device) -> tuple[GPT, int]:
         raise ConfigError(f"run: no checkpoint in {run_dir}/ckpt; train first with `job train --run {run_dir.name}`")
     state, _ = found
     cfg = state["config"]
-    model = GPT(GPTConfig(**{k: cfg[k] for k in GPTConfig.__dataclass_fields__}))
+    model = GPT(GPTConfig(**{k: cfg[k] for k in GPTConfig.__dataclass_fields__ if k in cfg}))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state["iteration"]
 

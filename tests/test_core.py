@@ -114,3 +114,20 @@ def test_status_and_sample(small_env):
     assert again.stdout == res.stdout  # same seed, same text
     missing = run_job(["status", "nope", "--out-dir", out_dir], cwd=ROOT, env=small_env)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_chunked_head_loss_matches_full_logits():
+    import dataclasses
+
+    torch.manual_seed(0)
+    plain_cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16)
+    plain = GPT(plain_cfg)
+    chunked = GPT(dataclasses.replace(plain_cfg, loss_chunk=7))  # 7 does not divide 48 rows
+    chunked.load_state_dict(plain.state_dict())
+    x, y = torch.randint(0, 50257, (3, 16)), torch.randint(0, 50257, (3, 16))
+    loss_a, loss_b = plain(x, y)[1], chunked(x, y)[1]
+    (2 * loss_a).backward()  # a scaled upstream gradient must scale the fused one too
+    (2 * loss_b).backward()
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), chunked.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
