@@ -97,11 +97,14 @@ class Config:
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "seed")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # About 7 M parameters: learns Shakespeare's shape on 2 CPU cores in a few minutes.
+    # About 5 M parameters, most of them the tied GPT-2 embedding: reaches val loss ~5.3 on
+    # held-out plays in about 5 minutes on 2 CPU cores. Narrow and short-context on purpose: on
+    # a CPU the 50304-way output head dominates the cost, and at this scale a narrower model
+    # learns as much per token while stepping faster (measured: n_embd 64/96/128 compared).
     "tiny": dict(
-        n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, grad_accum=1,
-        max_iters=1200, lr=2e-3, min_lr=2e-4, warmup_iters=50, eval_interval=200,
-        eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto",
+        n_layer=4, n_head=4, n_embd=96, block_size=64, batch_size=16, grad_accum=1,
+        max_iters=800, lr=3e-3, min_lr=3e-4, warmup_iters=20, eval_interval=200,
+        eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto", loss_chunk=64,
     ),
     # The scenario's model: 40.56 M parameters (nanoGPT's count), 524,288 tokens/iteration.
     "gpt2-40m": dict(
