@@ -287,7 +287,6 @@ def serve(registry: CollectorRegistry, cfg: Config) -> Any:
     except OSError as e:
         raise ConfigError(f"metrics_port: cannot serve on {cfg.metrics_addr}:{cfg.metrics_port} ({e.strerror}); "
                           f"pick a free port, or 0 to turn metrics off") from None
-    log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
     return server
 
 
@@ -297,8 +296,6 @@ def monitoring(cfg: Config) -> Iterator[RunHooks]:
     NVML energy fed to the loop either way so the checkpointed energy is right."""
     nvml, devices, train_gpu, why_not = open_gpus(cfg)
     meter = EnergyMeter(nvml, devices[train_gpu]) if nvml and train_gpu in devices else None
-    if why_not:
-        log(f"no GPU figures: {why_not}")
     if not cfg.metrics_port:
         yield RunHooks(energy_meter=meter)
         return
@@ -311,10 +308,15 @@ def monitoring(cfg: Config) -> Iterator[RunHooks]:
         registry.register(GpuCollector(nvml, devices))
     gpu_name = _try(lambda: _text(nvml.nvmlDeviceGetName(devices[train_gpu])), "") if meter else ""
 
+    server = serve(registry, cfg)  # a taken port fails here, before any work
+
     def on_start(info: dict[str, Any]) -> None:
+        # said once training really starts, so a bad setting still ends in exactly one line
+        log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
+        if why_not:
+            log(f"no GPU figures: {why_not}")
         metrics.on_start({**info, "gpu": gpu_name})
 
-    server = serve(registry, cfg)
     try:
         yield RunHooks(on_start=on_start, on_step=metrics.on_step, energy_meter=meter)
     finally:

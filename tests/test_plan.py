@@ -80,8 +80,9 @@ def test_epochs_from_the_prepared_manifest(tmp_path):
     shards = [{"split": "train", **write_shard(data / "train_000000.bin", np.arange(3000, dtype=np.uint16))},
               {"split": "val", **write_shard(data / "val_000000.bin", np.arange(500, dtype=np.uint16))}]
     write_manifest(data, {"version": 1, "shards": shards})
-    p = plan_json("--data", "mini", "--gpu", "rtx-4090", "--max-iters", "100", cwd=tmp_path)
-    # tiny preset: 16 x 128 x 1 = 2,048 tokens/iter x 100 = 204,800 tokens over 3,000 training tokens
+    p = plan_json("--data", "mini", "--gpu", "rtx-4090", "--max-iters", "100", "--batch-size", "16",
+                  "--block-size", "128", "--grad-accum", "1", cwd=tmp_path)
+    # 16 x 128 x 1 = 2,048 tokens/iter x 100 = 204,800 tokens over 3,000 training tokens
     assert p["tokens"]["dataset"] == 3000
     assert p["tokens"]["epochs"] == pytest.approx(204_800 / 3000)
 
@@ -103,8 +104,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, expected):
 @pytest.mark.parametrize("n_layer, n_embd, block, batch", [(2, 64, 64, 4), (1, 32, 32, 4)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_memory_model_matches_torch_on_cpu(n_layer, n_embd, block, batch, dtype):
-    cfg = resolve({"n_layer": n_layer, "n_head": 2, "n_embd": n_embd, "block_size": block, "batch_size": batch},
-                  environ={}, dotenv=None)
+    cfg = resolve({"n_layer": n_layer, "n_head": 2, "n_embd": n_embd, "block_size": block, "batch_size": batch,
+                   "loss_chunk": 0}, environ={}, dotenv=None)
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=n_layer, n_head=2, n_embd=n_embd, block_size=block))
     x, y = (torch.randint(0, 50257, (batch, block)) for _ in range(2))
