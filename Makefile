@@ -35,7 +35,7 @@ status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q -n auto tests
 
-bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--mb 64"
+bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--format jsonl"
 	$(BIN)/python scripts/bench_prepare.py $(ARGS)
 
 lint: setup ## ruff over the code, hadolint over the Dockerfile

@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers(), help="threads / processes (default: cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved, best kept (default 3)")
     ap.add_argument("--shard-tokens", default="2M", help="tokens per shard (default 2M)")
+    ap.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
+                    help="input file: parquet, as FineWeb-Edu ships, or jsonl (default parquet)")
     args = ap.parse_args()
 
     docs = corpus(args.mb)
@@ -71,10 +73,16 @@ def main() -> None:
         return time.perf_counter() - t, sum(len(x) + 1 for x in ids)  # + the EOT prepare adds
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for d in docs:
-                f.write(json.dumps({"text": d}) + "\n")
+        path = Path(tmp) / f"bench.{args.format}"
+        if args.format == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({"text": docs}), path, row_group_size=1024)
+        else:
+            with open(path, "w", encoding="utf-8") as f:
+                for d in docs:
+                    f.write(json.dumps({"text": d}) + "\n")
         opts = PrepareOptions(shard_tokens=parse_count(args.shard_tokens, "--shard-tokens"),
                               workers=args.workers, force=True)
 
