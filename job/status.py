@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from job import checkpoint
-from job.config import ConfigError, read_dotenv
+from job.config import Config, ConfigError, coerce, env_settings
 from job.ui import human_count, human_duration
 
 
@@ -31,10 +31,10 @@ def last_events(log_path: Path, tail_bytes: int = 1 << 16) -> dict[str, dict[str
 
 
 def price_from_env() -> tuple[float, str]:
-    import os
-
-    env = {**read_dotenv(Path(".env")), **os.environ}
-    return float(env.get("JOB_PRICE_PER_KWH", 0.17)), env.get("JOB_CURRENCY", "USD")
+    """The price as `job train` would resolve it: JOB_* from the environment, then .env."""
+    env = env_settings()
+    price = coerce("price_per_kwh", env.get("price_per_kwh", Config.price_per_kwh))
+    return price, coerce("currency", env.get("currency", Config.currency))
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
