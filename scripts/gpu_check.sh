@@ -24,3 +24,41 @@ for r in p["time"]:
     print(f"  predicted at MFU {100 * r['mfu']:.0f}%: {r['s_per_iter']:.3f} s/iter -> "
           f"measured/predicted {m['s_per_iter'] / r['s_per_iter']:.2f}")
 PYEND
+
+# Issue 3's GPU acceptance: scrape the metrics endpoint during a real GPU run and show the GPU
+# series (power > 0, energy rising, memory used > 0) and the energy the checkpoint carries.
+out=$(mktemp -d)
+port=${GPU_CHECK_PORT:-9309}
+"$PY" -m job train --preset tiny --device cuda --run gpu-check --out-dir "$out" --max-iters 3000 \
+  --metrics-port "$port" --ckpt-interval 500 --loss-chunk 0 > "$out/train.log" 2>&1 &
+train_pid=$!
+trap 'kill "$train_pid" 2>/dev/null || true' EXIT
+"$PY" - "$port" <<'PYEND'
+import re, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
+
+def scrape() -> dict[str, float]:
+    for _ in range(120):  # the run needs a few seconds to start
+        try:
+            text = urllib.request.urlopen(url, timeout=2).read().decode()
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        sys.exit("metrics endpoint never answered")
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(trainer_gpu_\S+) (\S+)$", text, re.M)}
+
+first = scrape()
+time.sleep(15)
+second = scrape()
+for name in sorted(second):
+    print(f"{name:70} {second[name]:>16.2f}")
+energy = [k for k in second if k.startswith("trainer_gpu_energy_joules_total")]
+power = [second[k] for k in second if k.startswith("trainer_gpu_power_watts")]
+mem = [second[k] for k in second if k.startswith("trainer_gpu_memory_used_bytes")]
+rise = [second[k] - first.get(k, 0.0) for k in energy]
+print(f"power > 0: {all(p > 0 for p in power) and bool(power)}; energy rising: {all(r > 0 for r in rise) and bool(rise)}"
+      f" (+{sum(rise):.0f} J in 15 s); memory used > 0: {all(m > 0 for m in mem) and bool(mem)}")
+PYEND
+kill -TERM "$train_pid"; wait "$train_pid" || true
+"$PY" -m job status gpu-check --out-dir "$out" --json | grep -E '"(iteration|energy_j|energy_kwh)"'
