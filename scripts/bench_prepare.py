@@ -55,7 +55,7 @@ def best_of_interleaved(repeat: int, *fns) -> list[tuple[float, int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=32.0, help="MB of text (default 32)")
+    ap.add_argument("--mb", type=float, default=96.0, help="MB of text (default 96: start-up and noise amortised)")
     ap.add_argument("--workers", type=int, default=default_workers(), help="threads / processes (default: cores)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved, best kept (default 3)")
     ap.add_argument("--shard-tokens", default="2M", help="tokens per shard (default 2M)")
