@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,14 +57,29 @@ def small_env(shakespeare: Path, tmp_path: Path) -> dict[str, str]:
 
 
 def read_log(run_dir: Path) -> list[dict]:
-    """log.jsonl records; a line a kill cut short is skipped, as `job status` does."""
+    """log.jsonl records (none before the run has written one); a line a kill cut short is
+    skipped, as `job status` does."""
+    path = run_dir / "log.jsonl"
     out = []
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
+    for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
             continue
     return out
+
+
+def read_shard(path: Path) -> np.ndarray:
+    """llm.c's shard format checked field by field from its description, not through our loader:
+    256 little-endian int32 (magic 20240520, version 1, token count, the rest zero), then uint16."""
+    raw = path.read_bytes()
+    header = np.frombuffer(raw[:1024], dtype="<i4")
+    assert header.size == 256, f"{path}: header is not 256 int32"
+    assert header[0] == 20240520, f"{path}: magic {header[0]}"
+    assert header[1] == 1, f"{path}: version {header[1]}"
+    assert len(raw) == 1024 + 2 * int(header[2]), f"{path}: size does not match the token count"
+    assert not header[3:].any(), f"{path}: reserved header ints are not zero"
+    return np.frombuffer(raw[1024:], dtype="<u2")
 
 
 def final_state(run_dir: Path) -> dict:

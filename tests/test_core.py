@@ -8,22 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import ROOT, final_state, job_env, run_job
+from conftest import ROOT, final_state, job_env, read_shard, run_job
 
 from job.config import resolve
 from job.flops import param_counts
 from job.model import GPT, GPTConfig
 from job.tokenizer import EOT, _bundled_files, _from_bundled_files
-
-
-def read_shard(path: Path) -> np.ndarray:
-    """llm.c's layout read straight from the bytes: 256 int32 header, then uint16 tokens."""
-    raw = path.read_bytes()
-    header = np.frombuffer(raw[:1024], dtype=np.int32)
-    assert (header[0], header[1]) == (20240520, 1)
-    tokens = np.frombuffer(raw[1024:], dtype=np.uint16)
-    assert tokens.size == header[2]
-    return tokens
 
 
 def test_bundled_gpt2_files_are_the_ones_tiktoken_pins():

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from conftest import read_shard
 
 from job.tokenizer import get_encoding
 
@@ -39,18 +40,6 @@ def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
 def make_docs(n: int, seed: int, max_words: int = 300) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
-
-
-def read_shard(path: Path) -> np.ndarray:
-    """The llm.c format, checked field by field."""
-    raw = path.read_bytes()
-    header = np.frombuffer(raw[:1024], dtype="<i4")
-    assert header.size == 256, f"{path}: header is not 256 int32"
-    assert header[0] == 20240520, f"{path}: magic {header[0]}"
-    assert header[1] == 1, f"{path}: version {header[1]}"
-    assert len(raw) == 1024 + 2 * int(header[2]), f"{path}: size does not match the token count"
-    assert not header[3:].any(), f"{path}: reserved header ints are not zero"
-    return np.frombuffer(raw[1024:], dtype="<u2")
 
 
 def read_dataset(data_dir: Path) -> np.ndarray:

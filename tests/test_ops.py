@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import final_state, job_env, read_log
 
 from job.config import Config, coerce
 
@@ -42,35 +43,12 @@ TINY = {
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def base_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any JOB_* of the caller's, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
-    return env
-
-
 def tiny_env(data: Path, work: Path, **extra: str) -> dict[str, str]:
     """The tiny run, in its own working directory (so no developer's .env is read), with the
     wrapper pointed at this interpreter and at an env file that does not exist."""
     work.mkdir(parents=True, exist_ok=True)
-    return base_env(**{**TINY, "JOB_DATA": str(data), "JOB_OUT_DIR": str(work / "runs"), "JOB_WORKDIR": str(work),
+    return job_env(**{**TINY, "JOB_DATA": str(data), "JOB_OUT_DIR": str(work / "runs"), "JOB_WORKDIR": str(work),
                        "JOB_ENV_FILE": str(work / "none.env"), "JOB_PYTHON": sys.executable, **extra})
-
-
-def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "log.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line a kill cut short
-    return out
-
-
-def newest_checkpoint(run_dir: Path) -> dict:
-    newest = sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1]
-    return torch.load(newest, map_location="cpu", weights_only=True)
 
 
 def sealed_iterations(run_dir: Path) -> list[int]:
@@ -87,7 +65,7 @@ def wait_for_step(run_dir: Path, proc: subprocess.Popen, at_least: int, since: i
     the step seen, or -1 if proc ended first."""
     end = time.time() + timeout
     while time.time() < end:
-        steps = [e["iter"] for e in events(run_dir)[since:] if e["event"] == "step"]
+        steps = [e["iter"] for e in read_log(run_dir)[since:] if e["event"] == "step"]
         if steps and steps[-1] >= at_least:
             return steps[-1]
         if proc.poll() is not None:
@@ -151,23 +129,12 @@ def dockerignored(path: str, rules: list[str]) -> bool:
 # ---- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ops_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded corpus, prepared once through the real command."""
-    out = tmp_path_factory.mktemp("ops-data") / "shakespeare"
-    res = subprocess.run([sys.executable, "-m", "job", "prepare", "--source", "shakespeare", "--out", str(out)],
-                         env=base_env(), cwd=tmp_path_factory.getbasetemp(), capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(ops_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run trained once, uninterrupted, by the image's own ENTRYPOINT + CMD."""
     work = tmp_path_factory.mktemp("ref")
     cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
     assert cmd[0] == "python"
-    res = subprocess.run([sys.executable, *cmd[1:]], env=tiny_env(ops_data, work), cwd=work,
+    res = subprocess.run([sys.executable, *cmd[1:]], env=tiny_env(shakespeare, work), cwd=work,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return work / "runs" / RUN
@@ -209,7 +176,7 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
 def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
     assert cmd == ["python", "-m", "job", "train"]
-    res = subprocess.run([sys.executable, *cmd[1:], "--help"], env=base_env(), capture_output=True, text=True)
+    res = subprocess.run([sys.executable, *cmd[1:], "--help"], env=job_env(), capture_output=True, text=True)
     assert res.returncode == 0 and "--max-runtime" in res.stdout and "--stop-at" in res.stdout
     done = json.loads((reference / "DONE").read_text())  # the real short run, by that command
     assert done["iteration"] == MAX_ITERS
@@ -220,20 +187,20 @@ def test_healthcheck_probes_the_metrics_endpoint() -> None:
 
     script = [sys.executable, str(ROOT / "scripts" / "healthcheck.py")]
     assert re.search(r"HEALTHCHECK .*\n?.*scripts/healthcheck\.py", dockerfile())
-    off = subprocess.run(script, env=base_env(JOB_METRICS_PORT="0"), capture_output=True, text=True)
+    off = subprocess.run(script, env=job_env(JOB_METRICS_PORT="0"), capture_output=True, text=True)
     assert off.returncode == 0
     registry = CollectorRegistry()
     Gauge("trainer_iteration", "iteration", registry=registry).set(3)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     port = server.server_address[1]
     try:
-        up = subprocess.run(script, env=base_env(JOB_METRICS_PORT=str(port)), capture_output=True, text=True)
+        up = subprocess.run(script, env=job_env(JOB_METRICS_PORT=str(port)), capture_output=True, text=True)
         assert up.returncode == 0, up.stderr
     finally:
         server.shutdown()
         server.server_close()  # closed, not just idle: the probe must be refused, not time out
         thread.join()
-    down = subprocess.run(script, env=base_env(JOB_METRICS_PORT=str(port)), capture_output=True, text=True)
+    down = subprocess.run(script, env=job_env(JOB_METRICS_PORT=str(port)), capture_output=True, text=True)
     assert down.returncode == 1 and f"port {port}" in down.stderr
 
 
@@ -268,11 +235,11 @@ def test_cron_install_prints_lines_for_the_window() -> None:
 # ---- the cron wrapper ---------------------------------------------------------------------------
 
 def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
-        ops_data: Path, reference: Path, tmp_path: Path) -> None:
+        shakespeare: Path, reference: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("OPS_SEED", time.time_ns() % 10_000))
     rng = random.Random(seed)
     print(f"kill points from seed {seed} (OPS_SEED={seed} repeats them)")
-    env = tiny_env(ops_data, tmp_path)
+    env = tiny_env(shakespeare, tmp_path)
     run_dir = tmp_path / "runs" / RUN
     cron_log = tmp_path / "runs" / ".cron" / f"{RUN}.log"
 
@@ -292,14 +259,14 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     assert f"[cron {second.pid}] already running" in cron_log.read_text()
 
     # 2: `cron-train.sh --stop` (SIGTERM to the wrapper, passed on): checkpoint and exit 75.
-    since = len(events(run_dir))
+    since = len(read_log(run_dir))
     proc = wrapper(env)
     got = wait_for_step(run_dir, proc, sealed_iterations(run_dir)[-1] + rng.randint(1, 5), since)
     assert got > 0, proc.stderr.read()
     time.sleep(rng.uniform(0, 0.3))
     assert subprocess.run(["bash", str(WRAPPER), "--stop"], env=env, timeout=30).returncode == 0
     assert proc.wait(timeout=120) == 75, proc.stderr.read()
-    stop = [e for e in events(run_dir) if e["event"] == "stop"][-1]
+    stop = [e for e in read_log(run_dir) if e["event"] == "stop"][-1]
     assert stop["iter"] >= got and sealed_iterations(run_dir)[-1] == stop["iter"]
 
     # 3: SIGTERM to the group during start-up (the job is still importing torch, before its own
@@ -317,12 +284,12 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
             break
     assert (run_dir / "DONE").is_file(), cron_log.read_text()[-3000:]
 
-    ours, ref = newest_checkpoint(run_dir), newest_checkpoint(reference)
+    ours, ref = final_state(run_dir), final_state(reference)
     assert ours["iteration"] == ref["iteration"] == MAX_ITERS
     assert ours["model"].keys() == ref["model"].keys()
     for k in ref["model"]:
         assert torch.equal(ours["model"][k], ref["model"][k]), f"model tensor {k} differs from the uninterrupted run"
-    assert sum(e["event"] == "resume" for e in events(run_dir)) >= 2
+    assert sum(e["event"] == "resume" for e in read_log(run_dir)) >= 2
 
     # after DONE: nothing runs, nothing is written, nothing is printed (cron would mail it)
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
@@ -331,9 +298,9 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
 
 
-def test_crash_loop_stops_after_n_failures_without_progress(ops_data: Path, tmp_path: Path) -> None:
+def test_crash_loop_stops_after_n_failures_without_progress(shakespeare: Path, tmp_path: Path) -> None:
     # n_embd 32 with n_head 3 is a setting the job refuses (exit 2): a failure that never advances
-    env = tiny_env(ops_data, tmp_path, JOB_N_HEAD="3", JOB_MAX_FAILURES="2")
+    env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3", JOB_MAX_FAILURES="2")
     cron_log = tmp_path / "runs" / ".cron" / f"{RUN}.log"
 
     def call(*args: str) -> subprocess.CompletedProcess:
@@ -413,8 +380,8 @@ def test_stop_at_is_the_next_such_local_time() -> None:
     assert both == started + 1800 and why == "max_runtime 30m"
 
 
-def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(ops_data: Path, tmp_path: Path) -> None:
-    env = tiny_env(ops_data, tmp_path, JOB_MAX_ITERS="100000")
+def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path, tmp_path: Path) -> None:
+    env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
     run_dir = tmp_path / "runs" / RUN
     cmd = [sys.executable, "-m", "job", "train"]
 
@@ -422,7 +389,7 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(ops_data: Path, t
     first = subprocess.run(cmd, env={**env, "JOB_MAX_RUNTIME": "2s"}, cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert first.returncode == 75, first.stderr
-    log = events(run_dir)
+    log = read_log(run_dir)
     stop1 = log[-1]
     assert stop1["event"] == "stop" and stop1["reason"] == "max_runtime 2s" and stop1["iter"] >= 1
     assert sealed_iterations(run_dir)[-1] == stop1["iter"]
@@ -436,18 +403,18 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(ops_data: Path, t
         stop_at = at.strftime("%H:%M:%S")
         proc = subprocess.Popen(cmd, env={**env, "JOB_STOP_AT": stop_at}, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while proc.poll() is None and not [e for e in events(run_dir)[len(log):] if e["event"] == "resume"]:
+        while proc.poll() is None and not [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]:
             time.sleep(0.05)
-        resumed = [e for e in events(run_dir)[len(log):] if e["event"] == "resume"]
+        resumed = [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]
         if resumed and resumed[0]["time"] < at.replace(microsecond=0).timestamp() - 0.5:
             break
         proc.send_signal(signal.SIGTERM)  # rolled over to tomorrow: stop it and try a wider margin
         proc.wait(timeout=120)
-        log, margin = events(run_dir), margin * 2
+        log, margin = read_log(run_dir), margin * 2
     else:
         pytest.fail("start-up kept outlasting the stop_at margin")
     assert proc.wait(timeout=300) == 75, proc.stderr.read()
-    stop2 = events(run_dir)[-1]
+    stop2 = read_log(run_dir)[-1]
     assert stop2["event"] == "stop" and stop2["reason"] == f"stop_at {stop_at}"
     assert stop2["time"] >= at.replace(microsecond=0).timestamp()
     assert stop2["iter"] > resumed[0]["iteration"] >= stop1["iter"]
