@@ -74,7 +74,6 @@ def prepare_shakespeare(data_dir: Path, force: bool = False) -> dict[str, Any]:
     return manifest
 
 
-
 @dataclass
 class PrepareOptions:
     shard_tokens: int = 100_000_000
