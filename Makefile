@@ -9,7 +9,7 @@ RUN    ?= tiny
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test lint clean monitor monitor-down bench bench-prepare bench-metrics
+.PHONY: help setup train sample status test test-fast lint clean monitor monitor-down bench bench-prepare bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -32,8 +32,11 @@ sample: setup ## Print text from the newest checkpoint of RUN
 status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
-test: setup ## Run the test suite
+test: setup ## Run the test suite (the fast tier, then the end-to-end tests with real processes)
 	$(BIN)/python -m pytest -q -n auto tests
+
+test-fast: setup ## Only the fast tier: the loop's parts in-process, a few seconds
+	$(BIN)/python -m pytest -q tests/unit
 
 bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--format jsonl"
 	$(BIN)/python scripts/bench_prepare.py $(ARGS)

@@ -1,39 +1,37 @@
 """Checkpoints that are either whole and verified, or not there.
 
-Each checkpoint is two files: `ckpt_NNNNNNNN.pt` (torch.save of plain tensors and containers, so
-it loads with weights_only=True) and `ckpt_NNNNNNNN.json`, its seal: size, sha256 and a summary
-that `job status` reads without touching the big file. Both are written to a temporary name,
-fsynced and renamed; the seal goes last, so a checkpoint without a matching seal was never
-finished. Loading walks from the newest down and takes the first one whose seal matches.
+Each checkpoint is two files in the run's `ckpt/`: `ckpt_NNNNNNNN.pt` (torch.save of plain tensors
+and containers, so it loads with weights_only=True) and `ckpt_NNNNNNNN.json`, its seal: size,
+sha256 and the run's summary (job/state.py), which `job status` reads without touching the big
+file. Both are written atomically (job/fileio.py); the seal goes last, so a checkpoint without a
+matching seal was never finished. Loading walks from the newest down and takes the first one whose
+seal matches. What a checkpoint holds is defined once, in `snapshot` and `restore`.
+
+torch is imported where it is used, so that reading seals (`job status`) stays light.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from job.fileio import atomic_open, atomic_write_json, read_json, sha256_file
+from job.state import TrainState
 
-from job.data.shards import atomic_write_bytes, sha256_file
+if TYPE_CHECKING:
+    import torch
 
 PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 
 
-def ckpt_dir(run_dir: Path) -> Path:
-    return run_dir / "ckpt"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     """Checkpoint files, newest first."""
-    d = ckpt_dir(run_dir)
-    if not d.is_dir():
+    if not ckpt_dir.is_dir():
         return []
-    found = [p for p in d.iterdir() if PATTERN.match(p.name)]
+    found = [p for p in ckpt_dir.iterdir() if PATTERN.match(p.name)]
     return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)), reverse=True)
 
 
@@ -42,33 +40,49 @@ def seal_path(path: Path) -> Path:
 
 
 def read_seal(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(seal_path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    seal = read_json(seal_path(path))
+    return seal if isinstance(seal, dict) else None
 
 
-def strip_compile_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_compile_prefix(state: dict[str, Any]) -> dict[str, Any]:
     """torch.compile wraps the model and prefixes every key with `_orig_mod.`; never save that."""
     return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
-def save(run_dir: Path, iteration: int, state: dict[str, Any], summary: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `iteration` atomically with its seal, then drop all but the newest `keep`."""
-    d = ckpt_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"ckpt_{iteration:08d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:  # streamed to disk: a 124M model's state never sits twice in RAM
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
-    seal = {"iteration": iteration, "file": path.name, "bytes": path.stat().st_size,
-            "sha256": digest, "saved_at": time.time(), **summary}
-    atomic_write_bytes(seal_path(path), (json.dumps(seal, indent=1) + "\n").encode())
-    for old in list_checkpoints(run_dir)[keep:]:
+def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: TrainState,
+             config: dict[str, Any], data_fingerprint: str, device: torch.device) -> dict[str, Any]:
+    """What a checkpoint holds: model (no compile prefix), optimizer, GradScaler, the run's
+    counters and loader position (TrainState, at the top level), every RNG stream, the resolved
+    config and the fingerprint of the data it was trained on."""
+    return {
+        "model": strip_compile_prefix(model.state_dict()), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(), **state.state_dict(), "rng": rng_state(device),
+        "config": config, "data_fingerprint": data_fingerprint,
+    }
+
+
+def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+            device: torch.device) -> TrainState:
+    """Put a snapshot back; every RNG stream last, so nothing drawn in between shifts them."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"], device)
+    return TrainState.from_state_dict(saved)
+
+
+def save(ckpt_dir: Path, content: dict[str, Any], state: TrainState, keep: int) -> Path:
+    """Write checkpoint `state.iteration` atomically with its seal, then drop all but the newest `keep`."""
+    import torch
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"ckpt_{state.iteration:08d}.pt"
+    with atomic_open(path) as f:  # streamed to disk: a 124M model's state never sits twice in RAM
+        torch.save(content, f)
+    seal = {"iteration": state.iteration, "file": path.name, "bytes": path.stat().st_size,
+            "sha256": sha256_file(path), "saved_at": time.time(), **state.summary()}
+    atomic_write_json(seal_path(path), seal)
+    for old in list_checkpoints(ckpt_dir)[keep:]:
         old.unlink(missing_ok=True)
         seal_path(old).unlink(missing_ok=True)
     return path
@@ -87,9 +101,11 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
+def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that loads whole; a bad one is reported on stderr and skipped."""
-    for path in list_checkpoints(run_dir):
+    import torch
+
+    for path in list_checkpoints(ckpt_dir):
         problem = verify(path)
         if problem is None:
             try:
@@ -101,22 +117,13 @@ def load_latest(run_dir: Path, map_location: str | torch.device = "cpu") -> tupl
     return None
 
 
-def latest_seal(run_dir: Path) -> dict[str, Any] | None:
-    """The newest seal, without hashing: cheap enough for `job status`."""
-    for path in list_checkpoints(run_dir):
+def latest_seal(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The newest seal whose file has the sealed size, without hashing: cheap enough for `job status`."""
+    for path in list_checkpoints(ckpt_dir):
         seal = read_seal(path)
         if seal is not None and seal.get("bytes") == path.stat().st_size:
             return {**seal, "path": str(path)}
     return None
-
-
-def clean_temporaries(run_dir: Path) -> None:
-    """Leftovers of writes that a kill interrupted; never mistaken for checkpoints anyway."""
-    d = ckpt_dir(run_dir)
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.name.startswith(".") and ".tmp" in p.name:
-                p.unlink(missing_ok=True)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -124,6 +131,7 @@ def rng_state(device: torch.device) -> dict[str, Any]:
     import random
 
     import numpy as np
+    import torch
 
     py = random.getstate()
     np_state = np.random.get_state()
@@ -142,6 +150,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     import random
 
     import numpy as np
+    import torch
 
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -151,11 +160,3 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def archive_run(run_dir: Path) -> Path:
-    """Move a run aside (never delete it) so a fresh one can start under the same name."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
-    os.replace(run_dir, target)
-    return target

@@ -7,40 +7,36 @@ import inspect
 import json
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from job.config import Config, ConfigError, resolve
-from job.data.shards import ShardError
+from job.config import Config, resolve
+from job.errors import EXIT_USAGE, UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train a small GPT overnight on your own GPU, and know what it costs.",
 )
 
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Bad settings and bad data end in one line and exit 2, never a traceback."""
+    """The one place user errors end: one line on stderr and exit 2, never a traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, ShardError) as e:
-            fail(str(e))
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
     return wrapper
 
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML file of settings (flat, or under [job]).")
+RUN_ARGUMENT = typer.Argument("tiny", help="Run name (a directory under --out-dir).")
+OUT_DIR_OPTION = typer.Option(Path("runs"), help="Where runs live.")
 
 
 def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,25 +93,23 @@ def prepare(
     job prepare --source 'corpus/*.jsonl.zst' --out data/corpus; job prepare --out data/corpus --verify
     """
     from job.data import prepare as p
-    from job.data.sources import SourceError
+    from job.data.shakespeare import prepare_shakespeare
+    from job.units import parse_count
 
     names = source or ["shakespeare"]
     data_dir = out or p.default_out(names, hf_config)
-    try:
-        if verify:
-            p.verify(data_dir)
-        elif names == ["shakespeare"]:
-            p.prepare_shakespeare(data_dir, force=force)
-        else:
-            sep = separator.replace("\\n", "\n").replace("\\t", "\t") if separator else None
-            src = p.open_source(names, hf_config, hf_dir, text_field, sep)
-            opts = p.PrepareOptions(
-                shard_tokens=p.parse_count(shard_tokens, "--shard-tokens"),
-                val_tokens=p.parse_count(val_tokens, "--val-tokens"),
-                max_tokens=p.parse_count(max_tokens, "--max-tokens"), workers=workers or None, force=force)
-            p.prepare_stream(src, data_dir, opts)
-    except SourceError as e:
-        fail(str(e))
+    if verify:
+        p.verify(data_dir)
+    elif names == ["shakespeare"]:
+        prepare_shakespeare(data_dir, force=force)
+    else:
+        sep = separator.replace("\\n", "\n").replace("\\t", "\t") if separator else None
+        src = p.open_source(names, hf_config, hf_dir, text_field, sep)
+        opts = p.PrepareOptions(
+            shard_tokens=parse_count(shard_tokens, "--shard-tokens"),
+            val_tokens=parse_count(val_tokens, "--val-tokens"),
+            max_tokens=parse_count(max_tokens, "--max-tokens"), workers=workers or None, force=force)
+        p.prepare_stream(src, data_dir, opts)
 
 
 @app.command()
@@ -131,19 +125,21 @@ def train(
 
     Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train
     """
-    from job import checkpoint
     from job.metrics import monitoring
+    from job.rundir import RunDir
+    from job.train import already_done
     from job.train import train as run_train
 
-    if verify and (cfg.data_dir / "manifest.json").is_file():
-        from job.data.shards import check_dataset
-
-        check_dataset(cfg.data_dir, verify=True)  # sizes and headers are checked on every start anyway
-    if fresh and cfg.run_dir.exists():
-        moved = checkpoint.archive_run(cfg.run_dir)
-        typer.echo(f"--fresh: moved the old run to {moved}")
-    with monitoring(cfg) as hooks:  # Prometheus metrics on metrics_addr:metrics_port while it runs
-        code = run_train(cfg, hooks)
+    run = RunDir(cfg.run_dir)
+    if not fresh and already_done(run, cfg.max_iters):  # writes nothing, not even the lock
+        raise typer.Exit(0)
+    with ExitStack() as owned:
+        owned.enter_context(run.lock())  # first: a second `job train` on this run touches nothing
+        if fresh and run.has_history():
+            typer.echo(f"--fresh: moved the old run to {run.archive()}")
+            owned.enter_context(run.lock())  # the new directory's lock, before the old one is let go
+        with monitoring(cfg) as hooks:  # Prometheus metrics on metrics_addr:metrics_port while it runs
+            code = run_train(cfg, hooks, verify)
     raise typer.Exit(code)
 
 
@@ -175,8 +171,8 @@ def plan(
 @app.command()
 @guarded
 def status(
-    run: str = typer.Argument("tiny", help="Run name (a directory under --out-dir)."),
-    out_dir: Path = typer.Option(Path("runs"), help="Where runs live."),
+    run: str = RUN_ARGUMENT,
+    out_dir: Path = OUT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Where a run stands: iteration, loss, tokens/s, ETA, energy, last checkpoint, done.
@@ -192,8 +188,8 @@ def status(
 @app.command()
 @guarded
 def sample(
-    run: str = typer.Argument("tiny", help="Run name (a directory under --out-dir)."),
-    out_dir: Path = typer.Option(Path("runs"), help="Where runs live."),
+    run: str = RUN_ARGUMENT,
+    out_dir: Path = OUT_DIR_OPTION,
     prompt: str = typer.Option("\n", help="Text to continue."),
     tokens: int = typer.Option(200, min=1, help="How many tokens to generate."),
     temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder."),

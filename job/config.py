@@ -16,9 +16,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A setting is wrong; the message names it and says what would be right (exit 2)."""
+from job.errors import ConfigError
+from job.units import parse_clock, parse_duration
 
 
 @dataclass
@@ -122,28 +121,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 ENV_PREFIX = "JOB_"
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str) -> float:
-    """'8h30m' -> 30600.0 seconds; a bare number is seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    m = _DURATION.match(text)
-    if not text or not m or not any(m.groups()):
-        raise ConfigError(f"max_runtime: '{text}' is not a duration; use e.g. 8h30m, 90m or 3600")
-    d, h, mi, s = (int(g or 0) for g in m.groups())
-    return float(((d * 24 + h) * 60 + mi) * 60 + s)
-
-
-def parse_clock(text: str) -> tuple[int, int, int]:
-    """'07:00' -> (7, 0, 0); seconds are optional ('06:59:30')."""
-    m = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text.strip())
-    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59 or int(m.group(3) or 0) > 59:
-        raise ConfigError(f"stop_at: '{text}' is not a local time; use HH:MM or HH:MM:SS, e.g. 07:00")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 def coerce(name: str, value: Any) -> Any:

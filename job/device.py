@@ -1,13 +1,14 @@
-"""The one place that picks the device and the numeric precision."""
+"""The one place that picks the device and the numeric precision, and moves batches onto it."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from job.config import ConfigError
+from job.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -63,3 +64,13 @@ def pick_precision(device: torch.device, setting: str) -> Precision:
     else:
         dtype = DTYPES[setting]
     return Precision(device, dtype)
+
+
+def to_device(rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (batch, block_size + 1) array of token ids -> inputs and next-token targets on `device`."""
+    t = torch.from_numpy(rows)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t[:, :-1], t[:, 1:]

@@ -1,7 +1,7 @@
 """Parameter and FLOP counts from a config, by arithmetic alone (no torch).
 
-The training log, the metrics and `job plan` all take their FLOPs from here, so MFU and ETA
-mean the same thing everywhere.
+The training log, the metrics and `job plan` all take their FLOPs from here, and the live ETA
+is the plan's arithmetic on the step time measured, so MFU and ETA mean the same thing everywhere.
 """
 
 from __future__ import annotations
@@ -47,3 +47,15 @@ def total_flops(c: Any, tokens: float) -> dict[str, Any]:
     per = flops_per_token(c)
     return {"per_token": per["total"], "six_n": per["six_n"], "attention": per["attention"],
             "six_n_d": per["six_n"] * tokens, "total": per["total"] * tokens, "formula": FORMULA}
+
+
+def forecast(cfg: Any, iteration: int, step_s: float, energy_j: float, elapsed_s: float,
+             board_w: float | None) -> dict[str, float | None]:
+    """The live ETA and predicted total energy, from the same model as the plan: remaining FLOPs
+    over the FLOP/s the run now achieves; energy so far plus the remaining time at the measured
+    average power (the board power when nothing measures it)."""
+    per_iter = total_flops(cfg, cfg.tokens_per_iter)["total"]
+    achieved = per_iter / step_s if step_s > 0 else 0.0
+    eta_s = per_iter * max(0, cfg.max_iters - iteration) / achieved if achieved else float("nan")
+    watts = energy_j / elapsed_s if energy_j > 0 and elapsed_s > 0 else board_w
+    return {"eta_s": eta_s, "predicted_energy_j": energy_j + eta_s * watts if watts else None}

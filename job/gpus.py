@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from job.config import ConfigError
+from job.errors import ConfigError
 
 # Dense FLOP per clock per SM, bf16 in, FP32 accumulate, on GeForce Ampere/Ada/Blackwell.
 GEFORCE_FLOP_PER_CLOCK_SM = 512
@@ -164,8 +164,10 @@ def card_for(device: Any) -> Card | None:
     return from_device_name(torch.cuda.get_device_name(device))
 
 
-def peak_flops_for(device: Any) -> float | None:
-    """The peak FLOP/s the training loop's MFU divides by: the table's rate for the card in use;
-    None on CPU or an unknown card (MFU is then only shown when peak_tflops is set)."""
-    card = card_for(device)
+def peak_flops(card: Card | None, peak_tflops: float = 0.0) -> float | None:
+    """The peak FLOP/s that MFU and the plan's hours divide by, decided in this one place: the
+    peak_tflops setting when given, else the card's row in the table; None where neither is
+    known (a CPU, or a card not in the table, without peak_tflops)."""
+    if peak_tflops:
+        return peak_tflops * 1e12
     return card.peak_tflops * 1e12 if card and card.peak_tflops else None

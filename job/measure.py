@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_leaves
 
 from job.config import Config
 from job.device import pick_device, pick_precision
-from job.model import GPT, GPTConfig
+from job.model import GPT, build_model
 
 
 class LiveBytes(TorchDispatchMode):
@@ -87,7 +87,7 @@ def measure_steps(cfg: Config, warmup: int = 2, steps: int = 3) -> dict[str, Any
     device = pick_device(cfg.device)
     prec = pick_precision(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in GPTConfig.__dataclass_fields__})).to(device)
+    model = build_model(cfg.to_dict()).to(device)
     optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
     step_model = torch.compile(model) if cfg.compile else model
     shape = (cfg.batch_size, cfg.block_size)

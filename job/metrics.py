@@ -10,6 +10,7 @@ checkpoint's (smaller) value would read as a reset plus a huge jump, and rate() 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -28,9 +29,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from job import checkpoint
-from job.config import Config, ConfigError
-from job.train import RunHooks, StepInfo
+from job.config import Config
+from job.errors import ConfigError
+from job.hooks import RunHooks, StartInfo, StepInfo
+from job.state import TrainState
 
 # Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation).
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
@@ -94,29 +96,31 @@ class TrainingMetrics:
         self.run_energy = Gauge("trainer_run_energy_joules", "GPU energy used by the run (across restarts, "
                                 "from NVML)", registry=registry)
 
-    def on_start(self, info: dict[str, Any]) -> None:
-        self.info.info({k: str(info.get(k, "")) for k in ("run", "preset", "params", "device", "dtype", "gpu",
-                                                          "peak_flops")})
+    def on_start(self, info: StartInfo) -> None:
+        labels = ("run", "preset", "params", "device", "dtype", "gpu", "peak_flops")
+        self.info.info({k: "" if getattr(info, k) is None else str(getattr(info, k)) for k in labels})
         self.start.set(time.time())
-        self.iteration.set(info["iteration"])
-        self.target.set(info["max_iters"])
-        self.restarts.set(info["restarts"])
-        seal = checkpoint.latest_seal(self.cfg.run_dir) if info["iteration"] else None
-        if seal and seal.get("iteration") == info["iteration"]:  # the one we resumed from
-            self.last_ckpt.set(seal.get("saved_at", 0.0))
-            self.run_tokens.set(seal.get("tokens", 0))
-            self.run_seconds.set(seal.get("elapsed_s", 0.0))
-            if self.run_energy is not None:
-                self.run_energy.set(seal.get("energy_j", 0.0))
-            if seal.get("val_loss") is not None:
-                self.loss.labels("val").set(seal["val_loss"])
+        self.target.set(info.max_iters)
+        self.set_totals(info.state)
+        if info.checkpoint_saved_at is not None:  # the checkpoint this start resumed from
+            self.last_ckpt.set(info.checkpoint_saved_at)
+        if info.state.val_loss is not None:
+            self.loss.labels("val").set(info.state.val_loss)
+
+    def set_totals(self, st: TrainState) -> None:
+        """The run's totals across restarts, as the loop's state (and so the checkpoint) holds them."""
+        self.iteration.set(st.iteration)
+        self.run_tokens.set(st.tokens)
+        self.run_seconds.set(st.elapsed_s)
+        self.restarts.set(st.restarts)
+        if self.run_energy is not None:
+            self.run_energy.set(st.energy_j)
 
     def on_step(self, i: StepInfo) -> None:
         now = time.time()
-        self.iteration.set(i.iteration)
+        self.set_totals(i.state)
         self.target.set(i.max_iters)
         self.tokens.inc(self.cfg.tokens_per_iter)
-        self.run_tokens.set(i.tokens)
         self.loss.labels("train").set(i.train_loss)
         if i.val_loss is not None:
             self.loss.labels("val").set(i.val_loss)
@@ -126,10 +130,6 @@ class TrainingMetrics:
             self.mfu.set(i.mfu)
         self.step.observe(i.step_s)
         self.eta.set(now + (i.eta_s if math.isfinite(i.eta_s) else 0.0))
-        self.restarts.set(i.restarts)
-        self.run_seconds.set(i.elapsed_s)
-        if self.run_energy is not None:
-            self.run_energy.set(i.energy_j)
         if i.checkpoint_s is not None:
             self.ckpt.observe(i.checkpoint_s)
             self.last_ckpt.set(now)
@@ -310,12 +310,12 @@ def monitoring(cfg: Config) -> Iterator[RunHooks]:
 
     server = serve(registry, cfg)  # a taken port fails here, before any work
 
-    def on_start(info: dict[str, Any]) -> None:
+    def on_start(info: StartInfo) -> None:
         # said once training really starts, so a bad setting still ends in exactly one line
         log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
         if why_not:
             log(f"no GPU figures: {why_not}")
-        metrics.on_start({**info, "gpu": gpu_name})
+        metrics.on_start(dataclasses.replace(info, gpu=gpu_name))
 
     try:
         yield RunHooks(on_start=on_start, on_step=metrics.on_step, energy_meter=meter)

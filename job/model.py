@@ -8,7 +8,9 @@ token embedding tied to the output head.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -201,3 +203,9 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
         return idx
+
+
+def build_model(settings: Mapping[str, Any]) -> GPT:
+    """The model that a run's settings describe: a Config's to_dict(), or the config a checkpoint
+    holds (keys the model does not take are ignored). Initialised from torch's current RNG."""
+    return GPT(GPTConfig(**{f.name: settings[f.name] for f in fields(GPTConfig) if f.name in settings}))

@@ -23,13 +23,15 @@ stream in fp32 (autocast leaves it there):
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
-from job.config import Config, ConfigError
+from job.config import Config
+from job.data.shards import MANIFEST
+from job.errors import ConfigError
+from job.fileio import read_json
 from job.flops import param_counts, total_flops
-from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup
+from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup, peak_flops
 
 GIB = 2**30
 WORKSPACE_GPU = GIB // 2  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator
@@ -73,10 +75,9 @@ def resolve_card(gpu: str, peak_override: float | None) -> tuple[Card, float | N
 
 def dataset_tokens_from_manifest(cfg: Config) -> tuple[float | None, str]:
     """Training tokens of the prepared dataset, read from its manifest alone."""
-    path = cfg.data_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    path = cfg.data_dir / MANIFEST
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
         return None, f"no prepared dataset at {cfg.data_dir}; give --dataset-tokens"
     tokens = manifest.get("splits", {}).get("train", {}).get("tokens")
     if tokens is None:
@@ -154,7 +155,7 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     if watts is not None and not watts > 0:
         raise ConfigError(f"watts: must be > 0 (the card's board power in W), got {watts:g}")
     card, detected_gb = resolve_card(gpu, cfg.peak_tflops)
-    peak_tflops = cfg.peak_tflops or card.peak_tflops
+    peak = peak_flops(card, cfg.peak_tflops)
     peak_from = "peak_tflops setting" if cfg.peak_tflops else ("table" if card.peak_tflops else None)
     memory_gb = card.memory_gb or detected_gb
     watts = watts or card.board_w
@@ -168,7 +169,6 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         data_tokens, data_from = dataset_tokens_from_manifest(cfg)
     fl = total_flops(cfg, tokens_total)
     flops_iter = fl["per_token"] * cfg.tokens_per_iter
-    peak = peak_tflops * 1e12 if peak_tflops else None
     rows = [time_row(flops_iter, fl["total"], peak * m, watts, cfg, m) for m in mfus] if peak else []
 
     measured = None
@@ -190,26 +190,14 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
                    "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None},
         "params": param_counts(cfg),
         "flops": {**fl, "per_iter": flops_iter, "total_pflop": fl["total"] / 1e15},
-        "gpu": {**card.to_dict(), "peak_tflops": peak_tflops, "peak_from": peak_from, "memory_gb": memory_gb,
-                "board_w": watts},
+        "gpu": {**card.to_dict(), "peak_tflops": peak / 1e12 if peak else None, "peak_from": peak_from,
+                "memory_gb": memory_gb, "board_w": watts},
         "time": rows,
         "measured": measured,
         "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits,
                    "max_micro_batch": fit[0] if fit else None, "grad_accum_at_max": fit[1] if fit else None},
         "energy": {"price_per_kwh": cfg.price_per_kwh, "currency": cfg.currency, "note": WALL_NOTE},
     }
-
-
-def forecast(cfg: Config, iteration: int, step_s: float, energy_j: float, elapsed_s: float,
-             board_w: float | None) -> dict[str, float | None]:
-    """The live ETA and predicted total energy, from the same model as the plan: remaining FLOPs
-    over the FLOP/s the run now achieves; energy so far plus the remaining time at the measured
-    average power (the board power when nothing measures it)."""
-    per_iter = total_flops(cfg, cfg.tokens_per_iter)["total"]
-    achieved = per_iter / step_s if step_s > 0 else 0.0
-    eta_s = per_iter * max(0, cfg.max_iters - iteration) / achieved if achieved else float("nan")
-    watts = energy_j / elapsed_s if energy_j > 0 and elapsed_s > 0 else board_w
-    return {"eta_s": eta_s, "predicted_energy_j": energy_j + eta_s * watts if watts else None}
 
 
 def _gb(n: float | None) -> str:

@@ -7,19 +7,19 @@ from pathlib import Path
 import torch
 
 from job import checkpoint
-from job.config import ConfigError
 from job.device import pick_device
-from job.model import GPT, GPTConfig
+from job.errors import ConfigError
+from job.model import GPT, build_model
+from job.rundir import RunDir
 from job.tokenizer import get_encoding
 
 
 def load_model(run_dir: Path, device: torch.device) -> tuple[GPT, int]:
-    found = checkpoint.load_latest(run_dir, map_location=device)
+    found = checkpoint.load_latest(RunDir(run_dir).ckpt, map_location=device)
     if found is None:
         raise ConfigError(f"run: no checkpoint in {run_dir}/ckpt; train first with `job train --run {run_dir.name}`")
     state, _ = found
-    cfg = state["config"]
-    model = GPT(GPTConfig(**{k: cfg[k] for k in GPTConfig.__dataclass_fields__ if k in cfg}))
+    model = build_model(state["config"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state["iteration"]
 

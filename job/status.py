@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from job import checkpoint
-from job.config import Config, ConfigError, coerce, env_settings
-from job.ui import human_count, human_duration
-
-
-def last_events(log_path: Path, tail_bytes: int = 1 << 16) -> dict[str, dict[str, Any]]:
-    """The newest log line of each event kind, reading only the file's tail."""
-    if not log_path.is_file():
-        return {}
-    with open(log_path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - tail_bytes))
-        lines = f.read().decode("utf-8", "replace").splitlines()
-    out: dict[str, dict[str, Any]] = {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the first, cut line, or one a kill cut short
-        out[rec.get("event", "")] = rec
-    return out
+from job.config import Config, coerce, env_settings
+from job.errors import ConfigError
+from job.rundir import RunDir
+from job.state import TrainState
+from job.units import human_count, human_duration
 
 
 def price_from_env() -> tuple[float, str]:
@@ -38,32 +22,33 @@ def price_from_env() -> tuple[float, str]:
 
 
 def run_status(run_dir: Path) -> dict[str, Any]:
-    if not (run_dir / "config.json").is_file():
-        raise ConfigError(f"run: no run at {run_dir}; start one with `job train --run {run_dir.name}`")
-    cfg = json.loads((run_dir / "config.json").read_text())
-    events = last_events(run_dir / "log.jsonl")
-    step, ev = events.get("step", {}), events.get("eval", {})
-    seal = checkpoint.latest_seal(run_dir)
-    done = (run_dir / "DONE").is_file()
-    iteration = max(step.get("iter", 0), seal["iteration"] if seal else 0)
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    if cfg is None:
+        raise ConfigError(f"run: no run at {run_dir}; start one with `job train --run {run.name}`")
+    events = run.last_events()
+    step = events.get("step", {})
+    seal = checkpoint.latest_seal(run.ckpt)
+    # the newer of the last logged step and the last checkpoint (a log line may be cut by a kill)
+    state = max([TrainState.from_state_dict(step), TrainState.from_state_dict(seal or {})], key=lambda t: t.iteration)
+    done = run.read_done() is not None
     price, currency = price_from_env()
-    energy_j = max(step.get("energy_j", 0.0), seal.get("energy_j", 0.0) if seal else 0.0)
     return {
-        "run": run_dir.name,
-        "iteration": iteration,
+        "run": run.name,
+        "iteration": state.iteration,
         "max_iters": cfg["max_iters"],
         "done": done,
-        "train_loss": step.get("loss"),
-        "val_loss": ev.get("val_loss"),
-        "tokens": max(step.get("tokens", 0), seal.get("tokens", 0) if seal else 0),
+        "train_loss": step.get("train_loss"),
+        "val_loss": events.get("eval", {}).get("val_loss"),
+        "tokens": state.tokens,
         "tokens_per_s": step.get("tokens_per_s"),
-        "elapsed_s": max(step.get("elapsed_s", 0.0), seal.get("elapsed_s", 0.0) if seal else 0.0),
+        "elapsed_s": state.elapsed_s,
         "eta_s": 0.0 if done else step.get("eta_s"),
-        "energy_j": energy_j,
-        "energy_kwh": energy_j / 3.6e6,
-        "cost": round(energy_j / 3.6e6 * price, 4),
+        "energy_j": state.energy_j,
+        "energy_kwh": state.energy_j / 3.6e6,
+        "cost": round(state.energy_j / 3.6e6 * price, 4),
         "currency": currency,
-        "restarts": seal.get("restarts", 0) if seal else 0,
+        "restarts": state.restarts,
         "last_checkpoint": seal["path"] if seal else None,
         "last_checkpoint_age_s": round(time.time() - seal["saved_at"], 1) if seal else None,
         "last_log_age_s": round(time.time() - step["time"], 1) if step else None,

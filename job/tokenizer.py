@@ -55,3 +55,8 @@ def get_encoding() -> tiktoken.Encoding:
         return tiktoken.get_encoding("gpt2")
     except Exception:  # no cache and no network: tiktoken raises requests' or its own errors
         return _from_bundled_files()
+
+
+def manifest_entry() -> dict[str, object]:
+    """How a dataset's manifest names the tokenizer its shards hold."""
+    return {"name": "gpt2", "n_vocab": N_VOCAB, "eot": EOT, "dtype": "uint16"}

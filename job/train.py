@@ -1,66 +1,158 @@
-"""The training loop: resume, step, log, checkpoint, stop cleanly. Exit codes are the contract
-with cron and restart policies: 0 done, 75 stopped on purpose with a checkpoint, 1 failed,
-2 bad settings."""
+"""The training loop, in nanoGPT's shape: `setup` builds the run, `train_step` is one optimizer
+step, and `run_loop` reads on one screen: step -> account -> eval? -> log? -> checkpoint? -> stop?
+
+setup resumes from the newest whole checkpoint, or refuses one it cannot continue faithfully
+(other model shape, seed or data). The caller (job/cli.py) holds the run's lock. Exit codes are
+the contract with cron and restart policies (job/errors.py): 0 done, 75 stopped on purpose with a
+checkpoint, 1 failed, 2 bad settings.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from job import checkpoint
-from job.config import SHAPE_KEYS, Config, ConfigError, parse_clock, parse_duration
-from job.data.loader import LoaderState, TrainLoader, to_device, val_batches
-from job.data.prepare import already_prepared, prepare_shakespeare
-from job.data.shards import ShardError, atomic_write_bytes, check_dataset, split_files
-from job.device import Precision, pick_device, pick_precision
-from job.flops import flops_per_token
-from job.gpus import card_for
-from job.model import GPT, GPTConfig
-from job.plan import forecast
-from job.ui import human_count, human_duration
-
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 75
-
-
-@dataclass
-class StepInfo:
-    """What the loop knows after each optimizer step; hooks (metrics) read it."""
-    iteration: int
-    max_iters: int
-    train_loss: float
-    lr: float
-    grad_norm: float
-    tokens: int  # total over the run, across restarts
-    step_s: float
-    tokens_per_s: float
-    mfu: float | None
-    elapsed_s: float  # run total across restarts
-    energy_j: float  # run total across restarts
-    eta_s: float
-    restarts: int
-    val_loss: float | None = None  # set on evaluation steps
-    checkpoint_s: float | None = None  # set on checkpoint steps
-    predicted_energy_j: float | None = None  # run total at max_iters, from job.plan.forecast
+from job.config import SHAPE_KEYS, Config
+from job.data.dataset import Dataset, open_dataset
+from job.data.loader import TrainLoader, val_batches
+from job.device import Precision, pick_device, pick_precision, to_device
+from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError
+from job.fileio import clean_temporaries
+from job.flops import flops_per_token, forecast
+from job.gpus import Card, card_for, peak_flops
+from job.hooks import RunHooks, StartInfo, StepInfo
+from job.model import GPT, build_model
+from job.rundir import RunDir, RunLog
+from job.state import TrainState
+from job.stopping import StopFlag, deadline, reached
+from job.units import human_count, human_duration
 
 
 @dataclass
-class RunHooks:
-    """Seams for monitoring: called from the loop, never required."""
-    on_start: Callable[[dict[str, Any]], None] | None = None
-    on_step: Callable[[StepInfo], None] | None = None
-    # cumulative device energy in joules since some fixed point (NVML); None where unknown
-    energy_meter: Callable[[], float | None] | None = None
-    peak_flops: float | None = None  # the card's peak for MFU; cfg.peak_tflops overrides
+class Session:
+    """Everything the loop reads and changes; built by setup()."""
+    cfg: Config
+    run: RunDir
+    data: Dataset
+    prec: Precision
+    model: GPT
+    step_model: torch.nn.Module  # the compiled model when compile is on, else the model itself
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: TrainLoader
+    val: list[np.ndarray]
+    state: TrainState  # its loader position is the loader's own, advanced as batches are drawn
+    log: RunLog
+    hooks: RunHooks
+    card: Card | None  # the table's row for the GPU in use
+    peak: float | None  # FLOP/s that MFU divides by
+    energy_mark: float | None = None  # the energy meter's reading after the last step
+    ema_step_s: float | None = None  # smoothed step time, for the ETA
+
+    @property
+    def device(self) -> torch.device:
+        return self.prec.device
+
+    def energy_since_mark(self) -> float:
+        """Joules used since the last reading (0 where nothing measures energy)."""
+        meter = self.hooks.energy_meter
+        now = meter() if meter else None
+        if now is None or self.energy_mark is None:
+            self.energy_mark = now
+            return 0.0
+        used, self.energy_mark = max(0.0, now - self.energy_mark), now
+        return used
+
+
+def train(cfg: Config, hooks: RunHooks | None = None, verify: bool = False) -> int:
+    """Train or resume the run `cfg` names; returns the exit code."""
+    run = RunDir(cfg.run_dir)
+    if already_done(run, cfg.max_iters):
+        return EXIT_DONE
+    s = setup(cfg, hooks or RunHooks(), run, verify)
+    try:
+        return run_loop(s)
+    finally:
+        s.log.close()
+
+
+def already_done(run: RunDir, max_iters: int) -> bool:
+    """Whether the run has reached max_iters (then say so); read-only, so it needs no lock."""
+    done = run.read_done()
+    if done and done.iteration >= max_iters:
+        print(f"run '{run.name}' is already done at iteration {done.iteration}; nothing to do")
+        return True
+    return False
+
+
+def run_loop(s: Session) -> int:
+    """Step until max_iters, a signal or the time window; returns the exit code."""
+    cfg, st = s.cfg, s.state
+    limit = deadline(cfg.max_runtime, cfg.stop_at, time.time())
+    s.energy_since_mark()
+    s.model.train()
+    with StopFlag() as stop:
+        while st.iteration < cfg.max_iters:
+            # -------- TRAINING SECTION BEGIN: one optimizer step over grad_accum micro-batches --------
+            t0 = time.time()
+            lr = lr_at(st.iteration, cfg)
+            loss, grad_norm = train_step(s, lr)
+            train_loss = loss.item()  # the step's one host sync
+            step_s = time.time() - t0
+            # -------- TRAINING SECTION END --------
+            # account: the run's counters, energy, throughput and ETA
+            info = account(s, lr, train_loss, float(grad_norm), step_s)
+            it = st.iteration
+            # evaluate on the fixed val batches
+            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                info.val_loss = st.val_loss = evaluate(s.step_model, s.val, s.prec)
+                s.log.write("eval", iteration=it, val_loss=info.val_loss)
+            # log: a record in log.jsonl and a line on the terminal
+            if it % cfg.log_interval == 0 or it in (1, cfg.max_iters):
+                log_step(s, info)
+            # checkpoint: on the interval, at the end, and before stopping early
+            stopping = stop.reason or reached(limit)
+            if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
+                info.checkpoint_s = save_checkpoint(s)
+            if s.hooks.on_step:
+                s.hooks.on_step(info)
+            # stop early (a signal, the time window): exit 75 and the next start resumes here
+            if stopping and it < cfg.max_iters:
+                s.log.write("stop", iteration=it, reason=stopping)
+                print(f"stopped at iteration {it} ({stopping}); checkpoint written, exit {EXIT_STOPPED}")
+                return EXIT_STOPPED
+    finish(s)
+    return EXIT_DONE
+
+
+def train_step(s: Session, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step: accumulate grad_accum micro-batches, clip, step. Returns the mean loss
+    and the gradient norm before clipping, as device tensors (no host sync here)."""
+    cfg = s.cfg
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=s.device)
+    for _ in range(cfg.grad_accum):
+        x, y = to_device(s.loader.next_rows(), s.device)
+        with s.prec.autocast():
+            _, loss = s.step_model(x, y)
+        loss = loss / cfg.grad_accum
+        loss_sum += loss.detach()
+        s.scaler.scale(loss).backward()
+    s.scaler.unscale_(s.optimizer)
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
 
 
 def lr_at(it: int, cfg: Config) -> float:
@@ -72,105 +164,91 @@ def lr_at(it: int, cfg: Config) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-class StopFlag:
-    """SIGTERM/SIGINT ask the loop to finish its step, checkpoint and exit 75; a second SIGINT
-    interrupts at once."""
+def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Session:
+    """Data and batches, device, resume or refuse, model, optimizer, scaler; then say so. Every
+    check that can refuse runs before the first write to the run."""
+    data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, verify)
+    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed)
+    val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters)
+    device = pick_device(cfg.device)
+    prec = pick_precision(device, cfg.dtype)
+    clean_temporaries(run.ckpt)
+    resumed = checkpoint.load_latest(run.ckpt, map_location=device)
+    if resumed:
+        refuse_incompatible(resumed[0], cfg, data.fingerprint)
+    run.write_config(cfg.to_dict())
+    run.clear_done()  # max_iters was raised past a finished run: carry on
 
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.reason and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.reason = signal.Signals(signum).name
-        print(f"\n{self.reason} received: finishing this step, then checkpoint and exit "
-              f"{EXIT_STOPPED}", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def deadline(cfg: Config, started: float) -> tuple[float, str] | None:
-    """The earliest of max_runtime (from this start) and stop_at (next such local time)."""
-    options = []
-    if cfg.max_runtime:
-        options.append((started + parse_duration(cfg.max_runtime), f"max_runtime {cfg.max_runtime}"))
-    if cfg.stop_at:
-        h, m, s = parse_clock(cfg.stop_at)
-        now = datetime.fromtimestamp(started)
-        at = now.replace(hour=h, minute=m, second=s, microsecond=0)
-        if at <= now:
-            at += timedelta(days=1)
-        options.append((at.timestamp(), f"stop_at {cfg.stop_at}"))
-    return min(options) if options else None
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.to_dict()).to(device)
+    optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+    scaler = torch.amp.GradScaler(device.type, enabled=prec.needs_scaler)
+    state, resumed_from = TrainState(), None
+    if resumed:
+        (saved, resumed_from), resumed = resumed, None
+        state = checkpoint.restore(saved, model, optimizer, scaler, device)
+        state.restarts += 1
+        del saved  # a big model's state: free it before the loop allocates
+    loader.state = state.loader  # one position: the loader advances it, checkpoints save it
+    card = card_for(device)
+    s = Session(
+        cfg=cfg, run=run, data=data, prec=prec, model=model,
+        step_model=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scaler=scaler,
+        loader=loader, val=val, state=state, log=run.open_log(), hooks=hooks, card=card,
+        peak=peak_flops(card, cfg.peak_tflops),
+    )
+    announce(s, resumed_from)
+    return s
 
 
-def ensure_data(cfg: Config) -> dict[str, Any]:
-    """The dataset, prepared on the spot if it is the embedded one; otherwise checked cheaply."""
-    data_dir = cfg.data_dir
-    if cfg.data == "shakespeare" and not already_prepared(data_dir):
-        prepare_shakespeare(data_dir)
-    if not (data_dir / "manifest.json").is_file():
-        raise ConfigError(f"data: no prepared dataset at {data_dir}; run `job prepare` for it "
-                          f"or set data to a prepared directory")
-    try:
-        manifest = check_dataset(data_dir)
-    except ShardError as e:
-        raise ConfigError(f"data: {e}") from None
-    for split in ("train", "val"):
-        shortest = min((s["tokens"] for s in manifest["shards"] if s["split"] == split), default=0)
-        if shortest < cfg.block_size + 1:
-            raise ConfigError(f"block_size: {cfg.block_size} is too long for the data ({split} has a shard of "
-                              f"{shortest} tokens); use block_size <= {max(shortest - 1, 0)}")
-    return manifest
-
-
-def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str, saved_fp: str) -> None:
-    diffs = [f"{k} {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in SHAPE_KEYS if saved.get(k) != getattr(cfg, k)]
-    if saved_fp != fingerprint:
-        diffs.append(f"data {saved.get('data')!r} (fingerprint {saved_fp}) -> {cfg.data!r} ({fingerprint})")
+def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) -> None:
+    """A checkpoint of another model shape, seed or dataset cannot be continued faithfully."""
+    old = saved["config"]
+    diffs = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in SHAPE_KEYS if old.get(k) != getattr(cfg, k)]
+    if saved["data_fingerprint"] != fingerprint:
+        diffs.append(f"data {old.get('data')!r} (fingerprint {saved['data_fingerprint']}) -> {cfg.data!r} "
+                     f"({fingerprint})")
     if diffs:
         raise ConfigError(f"resume refused, run '{cfg.run_name}' was started with other settings: "
                           f"{'; '.join(diffs)}. Use --fresh to start over (the old run is kept) or a new --run")
 
 
-def read_done(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "DONE").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+def announce(s: Session, resumed_from: Path | None) -> None:
+    """Tell the log, the hooks and the terminal what is starting."""
+    cfg, st = s.cfg, s.state
+    seal = checkpoint.read_seal(resumed_from) if resumed_from else None
+    info = StartInfo(
+        run=cfg.run_name, preset=cfg.preset, params=s.model.num_params(), device=str(s.device),
+        dtype=s.prec.name, gpu=s.card.name if s.card else None, peak_flops=s.peak or 0.0,
+        flops_per_token=flops_per_token(cfg)["total"], max_iters=cfg.max_iters, state=st,
+        checkpoint_saved_at=seal.get("saved_at") if seal else None,
+    )
+    fields = {k: v for k, v in vars(info).items() if k not in ("state", "checkpoint_saved_at")}
+    s.log.write("resume" if resumed_from else "start", **fields, **st.summary())
+    if s.hooks.on_start:
+        s.hooks.on_start(info)
+    where = f"resuming from {resumed_from.name} at iteration {st.iteration}" if resumed_from else "starting"
+    print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {s.device} ({s.prec.name}), "
+          f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
 
 
-class RunLog:
-    """runs/<run>/log.jsonl, one JSON object a line, appended and flushed as it goes."""
-
-    def __init__(self, path: Path):
-        # a kill can cut the last line short; start on a fresh line so the next record parses
-        cut = False
-        if path.is_file() and path.stat().st_size > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, 2)
-                cut = f.read(1) != b"\n"
-        self._f = open(path, "a", buffering=1)
-        if cut:
-            self._f.write("\n")
-
-    def write(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
-
-    def close(self) -> None:
-        self._f.close()
+def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: float) -> StepInfo:
+    """Count one finished step into the run's totals, and say what it achieved."""
+    cfg, st = s.cfg, s.state
+    st.account(cfg.tokens_per_iter, step_s, s.energy_since_mark())
+    # the first steps carry compile and warm-up; the average forgets them quickly
+    s.ema_step_s = step_s if s.ema_step_s is None else 0.9 * s.ema_step_s + 0.1 * step_s
+    ahead = forecast(cfg, st.iteration, s.ema_step_s, st.energy_j, st.elapsed_s, s.card.board_w if s.card else None)
+    achieved = flops_per_token(cfg)["total"] * cfg.tokens_per_iter / step_s
+    return StepInfo(
+        iteration=st.iteration, max_iters=cfg.max_iters, train_loss=train_loss, lr=lr, grad_norm=grad_norm,
+        step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / s.peak if s.peak else None,
+        eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"],
+    )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list, prec: Precision) -> float:
+def evaluate(model: torch.nn.Module, batches: list[np.ndarray], prec: Precision) -> float:
     model.eval()
     total = 0.0
     for rows in batches:
@@ -182,159 +260,30 @@ def evaluate(model: torch.nn.Module, batches: list, prec: Precision) -> float:
     return total / len(batches)
 
 
-def train(cfg: Config, hooks: RunHooks | None = None) -> int:
-    hooks = hooks or RunHooks()
-    run_dir = cfg.run_dir
-    done = read_done(run_dir)
-    if done and done.get("iteration", 0) >= cfg.max_iters:
-        print(f"run '{cfg.run_name}' is already done at iteration {done['iteration']}; nothing to do")
-        return EXIT_DONE
+def log_step(s: Session, i: StepInfo) -> None:
+    s.log.write("step", **i.state.summary(), train_loss=i.train_loss, lr=i.lr, grad_norm=i.grad_norm,
+                step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
+                eta_s=round(i.eta_s, 1))
+    print(terminal_line(i), flush=True)
 
-    manifest = ensure_data(cfg)
-    device = pick_device(cfg.device)
-    prec = pick_precision(device, cfg.dtype)
-    checkpoint.clean_temporaries(run_dir)
-    resumed = checkpoint.load_latest(run_dir, map_location=device)
-    if resumed:
-        saved, _ = resumed
-        refuse_incompatible(saved["config"], cfg, manifest["fingerprint"], saved["data_fingerprint"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
-    if done:  # max_iters was raised past a finished run: carry on
-        (run_dir / "DONE").unlink()
 
-    torch.manual_seed(cfg.seed)
-    gcfg = GPTConfig(**{k: getattr(cfg, k) for k in GPTConfig.__dataclass_fields__})
-    model = GPT(gcfg).to(device)
-    optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=prec.needs_scaler)
-    st: dict[str, Any] = {"iteration": 0, "tokens": 0, "elapsed_s": 0.0, "energy_j": 0.0, "restarts": 0,
-                          "loader": LoaderState().__dict__, "val_loss": None}
-    if resumed:
-        saved, path = resumed
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scaler.load_state_dict(saved["scaler"])
-        st = {k: saved[k] for k in st}
-        st["restarts"] += 1
-        checkpoint.set_rng_state(saved["rng"], device)
-        del saved
-    files = split_files(cfg.data_dir, manifest, "train")
-    loader = TrainLoader(files, cfg.block_size, cfg.batch_size, cfg.seed, LoaderState(**st["loader"]))
-    val = val_batches(split_files(cfg.data_dir, manifest, "val"), cfg.block_size, cfg.batch_size, cfg.eval_iters)
-    step_model = torch.compile(model) if cfg.compile else model
+def save_checkpoint(s: Session) -> float:
+    """Write a checkpoint of this very moment; returns the seconds it took."""
+    t0 = time.time()
+    content = checkpoint.snapshot(s.model, s.optimizer, s.scaler, s.state, s.cfg.to_dict(), s.data.fingerprint,
+                                  s.device)
+    path = checkpoint.save(s.run.ckpt, content, s.state, s.cfg.keep_ckpts)
+    seconds = time.time() - t0
+    s.log.write("checkpoint", iteration=s.state.iteration, path=str(path), seconds=round(seconds, 3))
+    return seconds
 
-    n_params = model.num_params()
-    fpt = flops_per_token(cfg)["total"]
-    # one peak everywhere: the setting, else the hook's, else the table's row for the card in use
-    card = card_for(device)
-    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else (
-        hooks.peak_flops or (card.peak_tflops * 1e12 if card and card.peak_tflops else None))
-    log = RunLog(run_dir / "log.jsonl")
-    start_info = {"run": cfg.run_name, "preset": cfg.preset, "params": n_params, "device": str(device),
-                  "dtype": prec.name, "iteration": st["iteration"], "max_iters": cfg.max_iters,
-                  "restarts": st["restarts"], "peak_flops": peak or 0.0, "flops_per_token": fpt,
-                  "gpu": card.name if card else None}
-    log.write("resume" if resumed else "start", **start_info)
-    if hooks.on_start:
-        hooks.on_start(start_info)
-    where = f"resuming from {resumed[1].name} at iteration {st['iteration']}" if resumed else "starting"
-    print(f"run '{cfg.run_name}': {where}; {n_params / 1e6:.2f}M params on {device} ({prec.name}), "
-          f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
 
-    def save_checkpoint() -> tuple[Path, float]:
-        t0 = time.time()
-        state = {
-            "model": checkpoint.strip_compile_prefix(model.state_dict()),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            **{k: v for k, v in st.items() if k != "loader"}, "loader": dict(loader.state.__dict__),
-            "rng": checkpoint.rng_state(device), "config": cfg.to_dict(),
-            "data_fingerprint": manifest["fingerprint"],
-        }
-        summary = {k: st[k] for k in ("tokens", "elapsed_s", "energy_j", "restarts", "val_loss")}
-        path = checkpoint.save(run_dir, st["iteration"], state, summary, cfg.keep_ckpts)
-        seconds = time.time() - t0
-        log.write("checkpoint", iter=st["iteration"], path=str(path), seconds=round(seconds, 3))
-        return path, seconds
-
-    started = time.time()
-    limit = deadline(cfg, started)
-    energy_mark = hooks.energy_meter() if hooks.energy_meter else None
-    ema_step: float | None = None
-    exit_code = EXIT_DONE
-    model.train()
-    with StopFlag() as stop:
-        while st["iteration"] < cfg.max_iters:
-            t0 = time.time()
-            lr = lr_at(st["iteration"], cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum):
-                x, y = to_device(loader.next_rows(), device)
-                with prec.autocast():
-                    _, loss = step_model(x, y)
-                loss = loss / cfg.grad_accum
-                loss_sum += loss.detach()
-                scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = loss_sum.item()  # one sync per iteration, not per micro-step
-
-            step_s = time.time() - t0
-            st["iteration"] += 1
-            st["tokens"] += cfg.tokens_per_iter
-            st["elapsed_s"] += step_s
-            if hooks.energy_meter and energy_mark is not None:
-                now_j = hooks.energy_meter()
-                if now_j is not None:
-                    st["energy_j"] += max(0.0, now_j - energy_mark)
-                    energy_mark = now_j
-            # the first steps carry compile and warm-up; the average forgets them quickly
-            ema_step = step_s if ema_step is None else 0.9 * ema_step + 0.1 * step_s
-            it = st["iteration"]
-            ahead = forecast(cfg, it, ema_step, st["energy_j"], st["elapsed_s"], card.board_w if card else None)
-            info = StepInfo(
-                iteration=it, max_iters=cfg.max_iters, train_loss=train_loss, lr=lr,
-                grad_norm=float(grad_norm), tokens=st["tokens"], step_s=step_s,
-                tokens_per_s=cfg.tokens_per_iter / step_s, restarts=st["restarts"],
-                mfu=(fpt * cfg.tokens_per_iter / step_s / peak) if peak else None,
-                elapsed_s=st["elapsed_s"], energy_j=st["energy_j"], eta_s=ahead["eta_s"],
-                predicted_energy_j=ahead["predicted_energy_j"],
-            )
-            if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                info.val_loss = st["val_loss"] = evaluate(step_model, val, prec)
-                log.write("eval", iter=it, val_loss=info.val_loss)
-            if it % cfg.log_interval == 0 or it == cfg.max_iters or it == 1:
-                log.write("step", iter=it, loss=train_loss, lr=lr, grad_norm=info.grad_norm,
-                          tokens=st["tokens"], step_ms=round(step_s * 1e3, 3),
-                          tokens_per_s=round(info.tokens_per_s, 1), mfu=info.mfu,
-                          elapsed_s=round(st["elapsed_s"], 3), energy_j=round(st["energy_j"], 3),
-                          eta_s=round(info.eta_s, 1))
-                print(terminal_line(info), flush=True)
-            stopping = stop.reason or (limit and time.time() >= limit[0] and limit[1])
-            if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
-                _, info.checkpoint_s = save_checkpoint()
-            if hooks.on_step:
-                hooks.on_step(info)
-            if stopping and it < cfg.max_iters:
-                log.write("stop", iter=it, reason=stopping)
-                print(f"stopped at iteration {it} ({stopping}); checkpoint written, exit {EXIT_STOPPED}")
-                exit_code = EXIT_STOPPED
-                break
-    if exit_code == EXIT_DONE:
-        atomic_write_bytes(run_dir / "DONE", (json.dumps(
-            {"iteration": st["iteration"], "tokens": st["tokens"], "val_loss": st["val_loss"],
-             "elapsed_s": st["elapsed_s"], "energy_j": st["energy_j"], "finished_at": time.time()}) + "\n").encode())
-        log.write("done", iter=st["iteration"], val_loss=st["val_loss"])
-        print(f"done: {st['iteration']} iterations, {human_count(st['tokens'])} tokens, "
-              f"val loss {st['val_loss']:.4f}, {human_duration(st['elapsed_s'])} of training")
-    log.close()
-    return exit_code
+def finish(s: Session) -> None:
+    st = s.state
+    s.run.write_done(st)
+    s.log.write("done", **st.summary())
+    print(f"done: {st.iteration} iterations, {human_count(st.tokens)} tokens, "
+          f"val loss {st.val_loss:.4f}, {human_duration(st.elapsed_s)} of training")
 
 
 def terminal_line(i: StepInfo) -> str:

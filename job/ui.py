@@ -1,4 +1,4 @@
-"""Terminal output people read: progress bars with rate and ETA, and human units."""
+"""Terminal output people read: progress bars with rate and ETA (numbers in human units: job/units.py)."""
 
 from __future__ import annotations
 
@@ -42,23 +42,3 @@ def progress(description: str, total: float | None, unit: str = "", detail: bool
     console = Console(stderr=True)
     with Progress(*columns, console=console, disable=not sys.stderr.isatty()) as p:
         yield _Bar(p, p.add_task(description, total=total, **({"detail": ""} if detail else {})))
-
-
-def human_duration(seconds: float) -> str:
-    if seconds != seconds or seconds < 0:  # NaN or unknown
-        return "?"
-    s = int(seconds)
-    if s >= 86400:
-        return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{seconds:.1f}s"
-
-
-def human_count(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"

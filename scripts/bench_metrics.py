@@ -20,8 +20,10 @@ import urllib.request
 from prometheus_client import CollectorRegistry, generate_latest
 
 from job.config import resolve
+from job.hooks import RunHooks, StepInfo
 from job.metrics import TrainingMetrics, monitoring
-from job.train import RunHooks, StepInfo, train
+from job.state import TrainState
+from job.train import train
 
 WARMUP = 3  # first steps carry allocation and cache warm-up, in both modes alike
 
@@ -76,9 +78,9 @@ def hook_cost(n: int = 20000) -> tuple[float, float]:
     registry = CollectorRegistry()
     cfg = resolve({"preset": "tiny"}, dotenv=None)
     m = TrainingMetrics(registry, cfg)
-    info = StepInfo(iteration=1, max_iters=1200, train_loss=3.2, lr=1e-3, grad_norm=0.9, tokens=2048, step_s=0.3,
-                    tokens_per_s=6800.0, mfu=0.01, elapsed_s=10.0, energy_j=0.0, eta_s=300.0, restarts=0,
-                    val_loss=3.3, checkpoint_s=0.5)
+    state = TrainState(iteration=1, tokens=2048, elapsed_s=10.0)
+    info = StepInfo(iteration=1, max_iters=1200, train_loss=3.2, lr=1e-3, grad_norm=0.9, step_s=0.3,
+                    tokens_per_s=6800.0, mfu=0.01, eta_s=300.0, state=state, val_loss=3.3, checkpoint_s=0.5)
     t0 = time.perf_counter()
     for _ in range(n):
         m.on_step(info)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from job.data import shakespeare
 from job.data.encode import default_workers
-from job.data.prepare import PrepareOptions, parse_count, prepare_stream
+from job.data.prepare import PrepareOptions, prepare_stream
 from job.data.sources import LocalSource
 from job.tokenizer import get_encoding
+from job.units import parse_count
 
 
 def corpus(mb: float, doc_chars: int = 3000) -> list[str]:

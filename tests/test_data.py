@@ -258,13 +258,13 @@ def test_verify_and_train_refuse_a_corrupt_or_truncated_shard(tmp_path: Path):
 
 
 def test_counts_read_like_people_write_them():
-    from job.data.prepare import parse_count
-    from job.data.sources import SourceError
+    from job.errors import ConfigError
+    from job.units import parse_count
 
     assert parse_count("3.68B", "x") == 3_680_000_000
     assert parse_count("100M", "x") == 100_000_000
     assert parse_count("250k", "x") == 250_000
     assert parse_count("1_000", "x") == 1000
     for bad in ("", "-5", "lots", "0"):
-        with pytest.raises(SourceError, match="not a positive token count"):
+        with pytest.raises(ConfigError, match="--max-tokens: .* is not a positive count"):
             parse_count(bad, "--max-tokens")

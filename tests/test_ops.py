@@ -65,7 +65,7 @@ def wait_for_step(run_dir: Path, proc: subprocess.Popen, at_least: int, since: i
     the step seen, or -1 if proc ended first."""
     end = time.time() + timeout
     while time.time() < end:
-        steps = [e["iter"] for e in read_log(run_dir)[since:] if e["event"] == "step"]
+        steps = [e["iteration"] for e in read_log(run_dir)[since:] if e["event"] == "step"]
         if steps and steps[-1] >= at_least:
             return steps[-1]
         if proc.poll() is not None:
@@ -267,7 +267,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     assert subprocess.run(["bash", str(WRAPPER), "--stop"], env=env, timeout=30).returncode == 0
     assert proc.wait(timeout=120) == 75, proc.stderr.read()
     stop = [e for e in read_log(run_dir) if e["event"] == "stop"][-1]
-    assert stop["iter"] >= got and sealed_iterations(run_dir)[-1] == stop["iter"]
+    assert stop["iteration"] >= got and sealed_iterations(run_dir)[-1] == stop["iteration"]
 
     # 3: SIGTERM to the group during start-up (the job is still importing torch, before its own
     #    handler exists): the wrapper still reports a requested stop, 75, and counts no failure.
@@ -368,18 +368,6 @@ def test_docker_launcher_command_line(tmp_path: Path) -> None:
 
 # ---- the job's own time window --------------------------------------------------------------------
 
-def test_stop_at_is_the_next_such_local_time() -> None:
-    from job.train import deadline
-
-    started = datetime.now().replace(hour=12, minute=0, second=0, microsecond=0).timestamp()
-    later, _ = deadline(Config(stop_at="12:00:05"), started)
-    assert later == started + 5
-    past, _ = deadline(Config(stop_at="11:59"), started)  # already past today: tomorrow
-    assert datetime.fromtimestamp(past) == datetime.fromtimestamp(started) + timedelta(hours=23, minutes=59)
-    both, why = deadline(Config(stop_at="07:00", max_runtime="30m"), started)
-    assert both == started + 1800 and why == "max_runtime 30m"
-
-
 def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path, tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
     run_dir = tmp_path / "runs" / RUN
@@ -391,8 +379,8 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path
     assert first.returncode == 75, first.stderr
     log = read_log(run_dir)
     stop1 = log[-1]
-    assert stop1["event"] == "stop" and stop1["reason"] == "max_runtime 2s" and stop1["iter"] >= 1
-    assert sealed_iterations(run_dir)[-1] == stop1["iter"]
+    assert stop1["event"] == "stop" and stop1["reason"] == "max_runtime 2s" and stop1["iteration"] >= 1
+    assert sealed_iterations(run_dir)[-1] == stop1["iteration"]
     startup = log[0]["time"] - launched
 
     # stop_at a few seconds ahead (HH:MM:SS). If the start-up outlasts the margin, the time has
@@ -417,5 +405,5 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path
     stop2 = read_log(run_dir)[-1]
     assert stop2["event"] == "stop" and stop2["reason"] == f"stop_at {stop_at}"
     assert stop2["time"] >= at.replace(microsecond=0).timestamp()
-    assert stop2["iter"] > resumed[0]["iteration"] >= stop1["iter"]
-    assert sealed_iterations(run_dir)[-1] == stop2["iter"]
+    assert stop2["iteration"] > resumed[0]["iteration"] >= stop1["iteration"]
+    assert sealed_iterations(run_dir)[-1] == stop2["iteration"]

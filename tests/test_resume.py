@@ -19,7 +19,7 @@ def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for rec in read_log(run_dir):
         if rec["event"] == "step":
-            out.setdefault(rec["iter"], []).append(rec["loss"])
+            out.setdefault(rec["iteration"], []).append(rec["train_loss"])
     return out
 
 
@@ -104,7 +104,7 @@ def test_sigterm_exits_75_with_checkpoint_then_resumes_bitwise(small_env, refere
     proc = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
     deadline = time.time() + 120
     while time.time() < deadline:  # wait for a few real steps
-        if (run_dir / "log.jsonl").is_file() and any(r["event"] == "step" and r["iter"] >= 5
+        if (run_dir / "log.jsonl").is_file() and any(r["event"] == "step" and r["iteration"] >= 5
                                                      for r in read_log(run_dir)):
             break
         time.sleep(0.05)
@@ -113,12 +113,12 @@ def test_sigterm_exits_75_with_checkpoint_then_resumes_bitwise(small_env, refere
     assert proc.returncode == 75, err
     stop = [r for r in read_log(run_dir) if r["event"] == "stop"][-1]
     last_step = [r for r in read_log(run_dir) if r["event"] == "step"][-1]
-    assert stop["iter"] == last_step["iter"]
-    assert (run_dir / "ckpt" / f"ckpt_{stop['iter']:08d}.pt").is_file(), "no checkpoint at the stopping step"
-    assert (run_dir / "ckpt" / f"ckpt_{stop['iter']:08d}.json").is_file()
+    assert stop["iteration"] == last_step["iteration"]
+    assert (run_dir / "ckpt" / f"ckpt_{stop['iteration']:08d}.pt").is_file(), "no checkpoint at the stopping step"
+    assert (run_dir / "ckpt" / f"ckpt_{stop['iteration']:08d}.json").is_file()
     res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
     assert res.returncode == 0, res.stderr
-    assert f"at iteration {stop['iter']}" in res.stdout
+    assert f"at iteration {stop['iteration']}" in res.stdout
     assert_same_run(run_dir, reference)
 
 
@@ -162,3 +162,54 @@ def test_resume_with_other_shape_is_refused_and_fresh_starts_over(small_env, ref
     assert len(archived) == 1 and (archived[0] / "ckpt").is_dir(), "the old run must be kept"
     assert "starting" in res.stdout
     assert final_state(run_dir)["config"]["n_embd"] == 64
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting")
+
+
+def test_a_second_train_on_the_same_run_exits_2_and_touches_nothing(small_env, reference):
+    run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
+    lock = run_dir / "lock"
+    first = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid))
+    time.sleep(1.0)  # started a second apart, as cron and a hand start would
+    second = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    still_running = first.poll() is None
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines() == [
+        f"error: run '{RUN}' is in use by another `job train` (pid {first.pid}, lock {lock}); "
+        f"wait for it to end, stop it (kill -TERM {first.pid}), or use another --run"]
+    assert still_running, "the second start must not wait for the first"
+    starts = [r for r in read_log(run_dir) if r["event"] in ("start", "resume")]
+    assert len(starts) == 1, "the second start wrote to the log"
+    assert_same_run(run_dir, reference)  # the first finished as if it had been alone
+
+
+def test_after_kill_9_of_the_holder_the_next_start_takes_the_lock_and_resumes(small_env, reference):
+    run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
+    holder = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    wait_for(lambda: (run_dir / "ckpt" / "ckpt_00000006.json").is_file())
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    holder.communicate()
+    assert (run_dir / "lock").read_text().strip() == str(holder.pid)  # the file stays; the lock does not
+    res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stdout
+    assert_same_run(run_dir, reference)
+
+
+def test_a_batch_larger_than_the_train_split_exits_2_with_one_line(small_env):
+    res = run_job(["train", "--run", RUN, "--batch-size", "100000"], cwd=ROOT, env=small_env)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: batch_size: 100000 is larger than the train split")
+    assert not (Path(small_env["JOB_OUT_DIR"]) / RUN / "config.json").exists(), "refused after writing"

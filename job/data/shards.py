@@ -9,12 +9,14 @@ makes a dataset "prepared".
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from job.errors import UserError
+from job.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 
 MAGIC = 20240520
 VERSION = 1
@@ -23,27 +25,8 @@ HEADER_BYTES = HEADER_INTS * 4
 MANIFEST = "manifest.json"
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard or manifest is missing, truncated or corrupt; the message names the file."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary sibling, fsync, rename over the target, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def shard_name(split: str, index: int) -> str:
@@ -87,28 +70,37 @@ def open_shard(path: Path) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def make_manifest(source: dict[str, Any], shards: list[dict[str, Any]], splits: dict[str, dict[str, int]],
+                  tokenizer: dict[str, Any], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a manifest holds (the one definition): the source, the tokenizer, documents and tokens
+    per split, every shard with its split, token count and sha256, and a fingerprint of them all
+    that a run's checkpoints record, so a run never resumes on other data."""
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()
+    return {
+        "version": 1,
+        "source": source,
+        "tokenizer": tokenizer,
+        **({"settings": settings} if settings is not None else {}),
+        "splits": splits,
+        "total_tokens": sum(e["tokens"] for e in shards),
+        "shards": shards,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "fingerprint": digest[:16],
+    }
 
 
 def write_manifest(data_dir: Path, manifest: dict[str, Any]) -> None:
-    digest = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()
-    manifest["fingerprint"] = digest[:16]
-    atomic_write_bytes(data_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    atomic_write_json(data_dir / MANIFEST, manifest, indent=2)
 
 
 def load_manifest(data_dir: Path) -> dict[str, Any]:
     path = data_dir / MANIFEST
     if not path.is_file():
         raise ShardError(f"{data_dir}: no prepared dataset here (no {MANIFEST}); run `job prepare` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ShardError(f"{path}: corrupt manifest; delete {data_dir} and re-run `job prepare`") from None
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path}: corrupt manifest; delete {data_dir} and re-run `job prepare`")
+    return manifest
 
 
 def check_dataset(data_dir: Path, verify: bool = False) -> dict[str, Any]:
@@ -123,6 +115,14 @@ def check_dataset(data_dir: Path, verify: bool = False) -> dict[str, Any]:
             raise ShardError(f"{path}: sha256 differs from {MANIFEST} (corrupt shard); delete it and "
                              f"re-run `job prepare`")
     return manifest
+
+
+def prepared(data_dir: Path) -> dict[str, Any] | None:
+    """The manifest if the dataset is prepared and whole (cheap checks), else None."""
+    try:
+        return check_dataset(data_dir)
+    except ShardError:
+        return None
 
 
 def split_files(data_dir: Path, manifest: dict[str, Any], split: str) -> list[Path]:

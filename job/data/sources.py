@@ -24,12 +24,14 @@ from typing import IO, Any
 
 import orjson
 
+from job.errors import UserError
+
 KINDS = (".txt", ".jsonl", ".parquet")
 COMPRESSIONS = (".gz", ".zst")
 PARQUET_BATCH = 1024  # rows per pyarrow record batch
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """Input that cannot be read as asked; the message names the file and what would work."""
 
 

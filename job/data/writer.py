@@ -12,24 +12,21 @@ A finished shard is never written again.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from job.data.encode import Encoded
-from job.data.shards import atomic_write_bytes, encode_shard, sha256_file, shard_name
+from job.data.shards import encode_shard, shard_name
+from job.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from job.tokenizer import EOT
 
 STATE = ".prepare.json"
 
 
 def load_state(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((data_dir / STATE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(data_dir / STATE)
 
 
 def fresh_state(settings: dict[str, Any]) -> dict[str, Any]:
@@ -124,4 +121,4 @@ class ShardWriter:
         self._save()
 
     def _save(self) -> None:
-        atomic_write_bytes(self.dir / STATE, (json.dumps(self.state, indent=1) + "\n").encode())
+        atomic_write_json(self.dir / STATE, self.state)

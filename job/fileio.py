@@ -1,0 +1,88 @@
+"""File safety: a file this job writes is either whole under its final name, or not there.
+
+Every write goes to a temporary sibling (`.<name>.tmp<pid>`), is fsynced, renamed over the
+target, and the directory is fsynced so that the rename survives a power cut. A kill at any
+instant leaves at most a temporary, which no reader mistakes for a finished file and
+`clean_temporaries` removes. Checkpoints, seals, shards, manifests, `config.json` and `DONE` all
+go through here, so there is one temporary-name scheme and one clean-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+TMP_MARK = ".tmp"
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and TMP_MARK in path.name
+
+
+def clean_temporaries(directory: Path) -> int:
+    """Remove what interrupted writes left in `directory`; returns how many."""
+    if not directory.is_dir():
+        return 0
+    found = [p for p in directory.iterdir() if is_temporary(p) and p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to stream into (torch.save, shards); it appears at `path` only if the block
+    finishes, fsynced. On an exception the temporary is removed and the target left as it was."""
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(payload)
+
+
+def atomic_write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """The parsed file, or `default` when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return default
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,143 @@
+"""One owner of `runs/<run>/`: what lives there, who may write it, and how it is read back.
+
+    runs/<run>/config.json   the resolved settings of the newest start
+               log.jsonl     one JSON record a line, appended as the run goes (job status, job report)
+               ckpt/         checkpoints and their seals (job/checkpoint.py)
+               DONE          the run's summary once max_iters is reached
+               lock          held (flock) by the one `job train` that owns the run; holds its pid
+
+The lock is an exclusive `flock` held for the life of the process: the kernel drops it when the
+process ends, however it ends, so a kill -9 leaves no stale lock. A second `job train` on the same
+run fails at once (exit 2) and touches nothing. Log records use the names of job/state.py
+(`iteration`, `train_loss`); the reader also understands the older `iter` and `loss`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job.errors import UserError
+from job.fileio import atomic_write_json, read_json
+from job.state import TrainState
+
+LEGACY_KEYS = {"iter": "iteration", "loss": "train_loss"}  # log.jsonl before the names were one
+
+
+class RunLocked(UserError):
+    """Another process owns the run."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ckpt(self) -> Path:
+        return self.path / "ckpt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "log.jsonl"
+
+    def read_config(self) -> dict[str, Any] | None:
+        return read_json(self.path / "config.json")
+
+    def write_config(self, settings: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path / "config.json", settings, indent=2)
+
+    def read_done(self) -> TrainState | None:
+        """The finished run's summary, or None if it is not finished."""
+        done = read_json(self.path / "DONE")
+        return TrainState.from_state_dict(done) if isinstance(done, dict) else None
+
+    def write_done(self, state: TrainState) -> None:
+        atomic_write_json(self.path / "DONE", {**state.summary(), "finished_at": time.time()}, indent=None)
+
+    def clear_done(self) -> None:
+        (self.path / "DONE").unlink(missing_ok=True)
+
+    def has_history(self) -> bool:
+        """Anything here but the lock: settings, a log, checkpoints."""
+        return self.path.is_dir() and any(p.name != "lock" for p in self.path.iterdir())
+
+    def archive(self) -> Path:
+        """Move the run aside (never delete it) so a fresh one can start under the same name."""
+        target = self.path.with_name(f"{self.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(self.path, target)
+        return target
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Own the run for the duration of the block, or raise RunLocked naming the holder."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLocked(f"run '{self.name}' is in use by another `job train` (pid {holder}, lock {path}); "
+                            f"wait for it to end, stop it (kill -TERM {holder}), or use another --run") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def open_log(self) -> RunLog:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return RunLog(self.log_path)
+
+    def last_events(self, tail_bytes: int = 1 << 16) -> dict[str, dict[str, Any]]:
+        """The newest log record of each event kind, reading only the file's tail."""
+        if not self.log_path.is_file():
+            return {}
+        with open(self.log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        out: dict[str, dict[str, Any]] = {}
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the first, cut line, or one a kill cut short
+            if isinstance(rec, dict):
+                out[rec.get("event", "")] = {LEGACY_KEYS.get(k, k): v for k, v in rec.items()}
+        return out
+
+
+class RunLog:
+    """log.jsonl, appended and flushed a line at a time."""
+
+    def __init__(self, path: Path):
+        # a kill can cut the last line short; start on a fresh line so the next record parses
+        cut = False
+        if path.is_file() and path.stat().st_size > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, 2)
+                cut = f.read(1) != b"\n"
+        self._f = open(path, "a", buffering=1)
+        if cut:
+            self._f.write("\n")
+
+    def write(self, event: str, **fields: Any) -> None:
+        self._f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+
+    def close(self) -> None:
+        self._f.close()

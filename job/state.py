@@ -1,0 +1,48 @@
+"""A run's counters: the one definition of what a checkpoint restores, a seal and `DONE` record,
+`job status` reports and the metrics restore after a restart.
+
+Everything here counts the work the model's weights embody: a step redone after a crash counts
+again, work lost after the last checkpoint does not. No torch: `job status` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from job.data.loader import LoaderState
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0  # optimizer steps done
+    tokens: int = 0  # tokens trained on
+    elapsed_s: float = 0.0  # training wall time, across restarts
+    energy_j: float = 0.0  # GPU energy, across restarts (0 where nothing measures it)
+    restarts: int = 0  # times the run was resumed from a checkpoint
+    val_loss: float | None = None  # the newest evaluation
+    loader: LoaderState = field(default_factory=LoaderState)  # where the next batch comes from
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers, for a checkpoint (loads with weights_only=True)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> TrainState:
+        """From a checkpoint, a seal, `DONE` or a log record: known keys taken, missing ones default."""
+        known = {f.name for f in fields(cls)} - {"loader"}
+        state = cls(**{k: d[k] for k in known if k in d})
+        if isinstance(d.get("loader"), dict):
+            state.loader = LoaderState(**d["loader"])
+        return state
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a person reads (no loader position): the seal, `DONE`, the log, `job status`."""
+        return {k: v for k, v in asdict(self).items() if k != "loader"}
+
+    def account(self, tokens: int, seconds: float, joules: float) -> None:
+        """One optimizer step done."""
+        self.iteration += 1
+        self.tokens += tokens
+        self.elapsed_s += seconds
+        self.energy_j += joules

@@ -1,0 +1,60 @@
+"""Fast tier: the shape the code keeps — dependencies that point down, functions that fit a screen."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+MAX_LINES = 60
+
+
+def modules_loaded_by(module: str) -> set[str]:
+    """Every module importing `module` pulls in, from a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+@pytest.mark.parametrize("module, must_not_load", [
+    ("job.metrics", {"job.train"}),
+    ("job.status", {"job.train", "torch"}),  # status reads files only, and starts in a blink
+    ("job.train", {"job.plan", "job.data.prepare", "job.metrics"}),
+    ("job.checkpoint", {"torch", "job.train"}),  # seals are read without torch
+])
+def test_dependencies_point_down(module: str, must_not_load: set[str]):
+    assert not modules_loaded_by(module) & must_not_load
+
+
+def test_no_function_in_job_is_longer_than_a_screen():
+    long = []
+    for path in sorted((ROOT / "job").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
+
+
+def test_the_training_loop_fits_in_about_40_lines():
+    tree = ast.parse((ROOT / "job" / "train.py").read_text())
+    loop = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_loop")
+    assert loop.end_lineno - loop.lineno + 1 <= 42
+
+
+def test_one_user_error_type_reaches_the_command_line():
+    from job.config import ConfigError
+    from job.data.shards import ShardError
+    from job.data.sources import SourceError
+    from job.errors import UserError
+    from job.rundir import RunLocked
+
+    for kind in (ConfigError, ShardError, SourceError, RunLocked):
+        assert issubclass(kind, UserError), kind
+    cli = Path(ROOT / "job" / "cli.py").read_text()
+    assert cli.count("except UserError") == 1
