@@ -12,6 +12,7 @@ torch is imported where it is used, so that reading seals (`job status`) stays l
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 import time
@@ -71,14 +72,45 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     return TrainState.from_state_dict(saved)
 
 
+def nonfinite(content: Any, name: str = "") -> list[str]:
+    """Names of the floating-point tensors in `content` (nested dicts and lists) holding a NaN or an
+    infinity; one host sync per device."""
+    import torch
+
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(obj: Any, at: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point():
+                found.append((at, obj))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{at}.{k}" if at else str(k))
+        elif isinstance(obj, list | tuple):
+            for i, v in enumerate(obj):
+                walk(v, f"{at}[{i}]")
+
+    walk(content, name)
+    bad = []
+    for device in {t.device for _, t in found}:
+        items = [(n, t) for n, t in found if t.device == device]
+        flags = torch.stack([torch.isfinite(t).all() for _, t in items]).tolist()
+        bad += [n for (n, _), ok in zip(items, flags, strict=True) if not ok]
+    return bad
+
+
 def save(ckpt_dir: Path, content: dict[str, Any], state: TrainState, keep: int) -> Path:
-    """Write checkpoint `state.iteration` atomically with its seal, then drop all but the newest `keep`."""
+    """Write checkpoint `state.iteration` atomically with its seal, then drop all but the newest
+    `keep`: older ones go only once a newer one is whole. The caller has checked `nonfinite`."""
     import torch
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"ckpt_{state.iteration:08d}.pt"
     with atomic_open(path) as f:  # streamed to disk: a 124M model's state never sits twice in RAM
-        torch.save(content, f)
+        try:
+            torch.save(content, f)
+        except RuntimeError as e:  # torch's writer wraps the OSError (disk full, file-size limit)
+            raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
     seal = {"iteration": state.iteration, "file": path.name, "bytes": path.stat().st_size,
             "sha256": sha256_file(path), "saved_at": time.time(), **state.summary()}
     atomic_write_json(seal_path(path), seal)

@@ -15,7 +15,8 @@ from typing import Any, Optional
 import typer
 
 from job.config import Config, resolve
-from job.errors import EXIT_USAGE, UserError
+from job.errors import ENDINGS, EXIT_INTERRUPTED, Stopped
+from job.stopping import stop_before_work
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,14 +24,15 @@ app = typer.Typer(
 )
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The one place user errors end: one line on stderr and exit 2, never a traceback."""
+    """The one place a command ends early: one line on stderr and the exit code of its kind
+    (job/errors.py: 2 bad input, 1 failed, 75 stopped), never a traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(EXIT_USAGE) from None
+        except ENDINGS as e:
+            typer.echo(f"{'stopped' if isinstance(e, Stopped) else 'error'}: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
     return wrapper
 
 
@@ -48,10 +50,13 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         kind = type(f.default)
         flag = "--" + f.name.replace("_", "-")
         decl = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
+        # numbers arrive as text and are parsed by config.coerce, as from the environment: the same
+        # forms (2e4 for an int) and the same one-line error for a bad one
         flag_params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],  # noqa: UP045 (typer)
+            f.name, inspect.Parameter.KEYWORD_ONLY,
+            annotation=Optional[bool if kind is bool else str],  # noqa: UP045 (typer)
             default=typer.Option(None, decl, help=f"[default: {f.default!r}; env JOB_{f.name.upper()}]",
-                                 rich_help_panel="Settings"),
+                                 metavar=None if kind is bool else kind.__name__.upper(), rich_help_panel="Settings"),
         ))
     config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
                                      annotation=Optional[Path], default=CONFIG_OPTION)  # noqa: UP045
@@ -207,7 +212,8 @@ def sample(
 
 
 def main() -> None:
+    stop_before_work()  # for the `job` script; `python -m job` did so before importing anything
     try:
         app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt:  # a second Ctrl-C: the newest checkpoint is still whole
+        sys.exit(EXIT_INTERRUPTED)

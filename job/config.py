@@ -9,6 +9,7 @@ environment lacks) < command-line flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -53,6 +54,9 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 turns clipping off
+    # non-finite guard
+    bad_step_limit: int = 5  # non-finite steps in a row (updates skipped) before a roll-back
+    rollback_limit: int = 3  # roll-backs in a row, with no good checkpoint between, before exit 1
     # bookkeeping
     eval_interval: int = 100
     eval_iters: int = 20
@@ -128,7 +132,11 @@ def coerce(name: str, value: Any) -> Any:
     if name not in FIELD_TYPES:
         raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(FIELD_TYPES)}")
     want = FIELD_TYPES[name]
+    if want is float and isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        if want is float and not math.isfinite(value):
+            raise ConfigError(f"{name}: {value} is not a finite number")
         return value
     text = str(value).strip()
     try:
@@ -144,21 +152,39 @@ def coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return int(number)
         if want is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}: '{value}' is not a finite number")
+            return number
     except ValueError:
         raise ConfigError(f"{name}: '{value}' is not a valid {want.__name__}") from None
     return text
 
 
+def read_text(path: Path, what: str) -> str:
+    """A settings file's text, or one line saying why it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what}: {path} is not UTF-8 text (byte {e.start} is 0x{e.object[e.start]:02x}); "
+                          f"save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot read {path} ({e.strerror})") from None
+
+
 def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; comments and blank lines skipped, optional quotes removed."""
+    """KEY=VALUE lines; comments and blank lines skipped, optional quotes removed. A line that is
+    none of these is an error naming the file and line (not the line itself: it may hold a token)."""
     out: dict[str, str] = {}
     if not path.is_file():
         return out
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(read_text(path, "env file").splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        if not line or line.startswith("#"):
             continue
+        if "=" not in line:
+            raise ConfigError(f"env file: {path}:{number} is not KEY=VALUE (no '='); fix it or comment it out "
+                              f"with #")
         key, _, val = line.partition("=")
         key = key.strip().removeprefix("export ").strip()
         val = val.strip()
@@ -190,7 +216,7 @@ def toml_settings(path: str | Path | None) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config: file '{p}' does not exist; pass an existing TOML file")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_text(p, "config"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: '{p}' is not valid TOML ({e})") from None
     flat = data.get("job", data) if isinstance(data.get("job"), dict) else data
@@ -233,11 +259,12 @@ def _check(ok: bool, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Fail on the first setting that cannot work, before any work is done."""
     for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "batch_size", "grad_accum",
-                 "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
+                 "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval", "bad_step_limit"):
         _check(getattr(cfg, name) >= 1, f"{name}: must be a whole number >= 1, got {getattr(cfg, name)}")
     _check(cfg.n_embd % cfg.n_head == 0,
            f"n_embd: {cfg.n_embd} is not divisible by n_head={cfg.n_head}; pick n_embd a multiple of n_head")
     _check(cfg.vocab_size >= 50257, f"vocab_size: must be >= 50257 (GPT-2 BPE), got {cfg.vocab_size}")
+    _check(0 <= cfg.seed < 2**32, f"seed: must be a whole number from 0 to {2**32 - 1}, got {cfg.seed}")
     _check(cfg.lr > 0, f"lr: must be > 0, got {cfg.lr}")
     _check(0 <= cfg.min_lr <= cfg.lr, f"min_lr: must be between 0 and lr={cfg.lr}, got {cfg.min_lr}")
     _check(cfg.warmup_iters >= 0, f"warmup_iters: must be >= 0, got {cfg.warmup_iters}")
@@ -246,6 +273,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.grad_clip >= 0, f"grad_clip: must be >= 0 (0 = off), got {cfg.grad_clip}")
     _check(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1), got {cfg.dropout}")
     _check(cfg.loss_chunk >= 0, f"loss_chunk: must be >= 0 (0 = full logits), got {cfg.loss_chunk}")
+    _check(cfg.rollback_limit >= 0, f"rollback_limit: must be >= 0 (0 = end the run at once), got {cfg.rollback_limit}")
     _check(cfg.keep_ckpts >= 2,
            f"keep_ckpts: must be >= 2 so a corrupt newest checkpoint has a fallback, got {cfg.keep_ckpts}")
     _check(0 <= cfg.metrics_port <= 65535, f"metrics_port: must be 0 (off) or 1-65535, got {cfg.metrics_port}")

@@ -9,15 +9,37 @@ go through here, so there is one temporary-name scheme and one clean-up.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from job.errors import Failure
+
 TMP_MARK = ".tmp"
+
+
+class WriteError(Failure):
+    """A file could not be written (disk full, file-size limit, I/O error); what was written
+    before is untouched."""
+
+
+def write_error(path: Path, cause: BaseException) -> WriteError:
+    """One line: the path, the error, and the free space on that filesystem."""
+    reason = f"{cause.strerror} (errno {cause.errno})" if isinstance(cause, OSError) and cause.strerror else str(cause)
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e9:,.1f} GB free there"
+    except OSError:
+        free = "free space unknown"
+    hint = "free some space" if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) else (
+        "check the disk, its quota and `ulimit -f`")
+    return WriteError(f"cannot write {path}: {reason}; {free}. Nothing before it was lost: {hint}, then start "
+                      f"the same command again")
 
 
 def temp_path(path: Path) -> Path:
@@ -49,7 +71,8 @@ def fsync_dir(path: Path) -> None:
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """A binary file to stream into (torch.save, shards); it appears at `path` only if the block
-    finishes, fsynced. On an exception the temporary is removed and the target left as it was."""
+    finishes, fsynced. On an exception the temporary is removed and the target left as it was;
+    an OSError (disk full, file-size limit) becomes a WriteError naming the path."""
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
@@ -57,10 +80,13 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -41,6 +41,7 @@ class StepInfo:
     val_loss: float | None = None  # set on evaluation steps
     checkpoint_s: float | None = None  # set on checkpoint steps
     predicted_energy_j: float | None = None  # run total at max_iters, from job.flops.forecast
+    skipped: bool = False  # the update was skipped: the loss or the gradient was not finite
 
 
 @dataclass

@@ -87,6 +87,8 @@ class TrainingMetrics:
         self.ckpt = Histogram("trainer_checkpoint_seconds", "Wall time to write one checkpoint", buckets=CKPT_BUCKETS,
                               registry=r)
         self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
+        self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
+                               "the gradient was not finite", registry=r)
         self.run_seconds = Gauge("trainer_run_seconds", "Training wall time of the run (across restarts)",
                                  registry=r)
         # Only served when there is a meter (NVML); a 0 on a CPU would read as "free".
@@ -121,6 +123,7 @@ class TrainingMetrics:
         self.set_totals(i.state)
         self.target.set(i.max_iters)
         self.tokens.inc(self.cfg.tokens_per_iter)
+        self.skipped.inc(i.skipped)
         self.loss.labels("train").set(i.train_loss)
         if i.val_loss is not None:
             self.loss.labels("val").set(i.val_loss)

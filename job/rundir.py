@@ -14,9 +14,11 @@ run fails at once (exit 2) and touches nothing. Log records use the names of job
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job.errors import UserError
+from job.errors import ConfigError, UserError
 from job.fileio import atomic_write_json, read_json
 from job.state import TrainState
 
@@ -79,9 +81,17 @@ class RunDir:
         os.replace(self.path, target)
         return target
 
+    def check_layout(self) -> None:
+        """The run's directories are directories (not files some accident left in their place)."""
+        for p in (self.path.parent, self.path, self.ckpt):
+            if p.exists() and not p.is_dir():
+                raise ConfigError(f"run: {p} exists and is not a directory; move it away, or use another "
+                                  f"--run (or --out-dir)")
+
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Own the run for the duration of the block, or raise RunLocked naming the holder."""
+        self.check_layout()
         self.path.mkdir(parents=True, exist_ok=True)
         path = self.path / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -123,21 +133,40 @@ class RunDir:
 
 
 class RunLog:
-    """log.jsonl, appended and flushed a line at a time."""
+    """log.jsonl, one record per write() call, appended with O_APPEND.
+
+    The log is for people and `job status`; checkpoints are what a run resumes from. So a log write
+    that fails (disk full, file-size limit) does not stop training: the record is dropped, stderr
+    says so once, and the next record that fits starts on a line of its own. If the disk stays full,
+    the next checkpoint write fails and ends the run (exit 1) with every earlier checkpoint whole.
+    """
 
     def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.dropped = 0
         # a kill can cut the last line short; start on a fresh line so the next record parses
-        cut = False
-        if path.is_file() and path.stat().st_size > 0:
-            with open(path, "rb") as f:
-                f.seek(-1, 2)
-                cut = f.read(1) != b"\n"
-        self._f = open(path, "a", buffering=1)
-        if cut:
-            self._f.write("\n")
+        size = os.fstat(self._fd).st_size
+        self._cut = size > 0 and os.pread(self._fd, 1, size - 1) != b"\n"
 
     def write(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n"
+        data = ("\n" + line if self._cut else line).encode()
+        try:
+            written = os.write(self._fd, data)
+        except OSError as e:
+            self._dropped(e)
+            return
+        self._cut = written < len(data)  # a short write leaves a cut line behind
+        if self._cut:
+            self._dropped(OSError(errno.EFBIG, "short write"))
+
+    def _dropped(self, e: OSError) -> None:
+        self.dropped += 1
+        if self.dropped == 1:
+            print(f"warning: cannot write {self.path} ({e.strerror}); training goes on and log records are "
+                  f"dropped until there is room (checkpoints are what a restart resumes from)",
+                  file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self._f.close()
+        os.close(self._fd)

@@ -1,8 +1,9 @@
 """A run's counters: the one definition of what a checkpoint restores, a seal and `DONE` record,
 `job status` reports and the metrics restore after a restart.
 
-Everything here counts the work the model's weights embody: a step redone after a crash counts
-again, work lost after the last checkpoint does not. No torch: `job status` reads it.
+The counters count the work the model's weights embody: a step redone after a crash counts again,
+work lost after the last checkpoint does not (a roll-back after non-finite steps keeps its cost:
+that time was spent in this process). No torch: `job status` reads it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class TrainState:
     elapsed_s: float = 0.0  # training wall time, across restarts
     energy_j: float = 0.0  # GPU energy, across restarts (0 where nothing measures it)
     restarts: int = 0  # times the run was resumed from a checkpoint
+    skipped_steps: int = 0  # steps whose loss or gradients were not finite: no update made
+    rollbacks: int = 0  # times the model went back to the newest good checkpoint
     val_loss: float | None = None  # the newest evaluation
     loader: LoaderState = field(default_factory=LoaderState)  # where the next batch comes from
 
@@ -40,9 +43,17 @@ class TrainState:
         """The figures a person reads (no loader position): the seal, `DONE`, the log, `job status`."""
         return {k: v for k, v in asdict(self).items() if k != "loader"}
 
-    def account(self, tokens: int, seconds: float, joules: float) -> None:
-        """One optimizer step done."""
+    def account(self, tokens: int, seconds: float, joules: float, skipped: bool = False) -> None:
+        """One step done (its update skipped when its loss or gradients were not finite)."""
         self.iteration += 1
         self.tokens += tokens
         self.elapsed_s += seconds
         self.energy_j += joules
+        self.skipped_steps += skipped
+
+    def roll_back_to(self, good: TrainState) -> None:
+        """Progress returns to a good checkpoint's; what was spent (time, energy) and what went
+        wrong (skips, roll-backs) is kept, and so is the loader's position: the batches that went
+        bad are not drawn again."""
+        self.iteration, self.tokens, self.val_loss = good.iteration, good.tokens, good.val_loss
+        self.rollbacks += 1

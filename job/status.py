@@ -49,6 +49,8 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "cost": round(state.energy_j / 3.6e6 * price, 4),
         "currency": currency,
         "restarts": state.restarts,
+        "skipped_steps": state.skipped_steps,
+        "rollbacks": state.rollbacks,
         "last_checkpoint": seal["path"] if seal else None,
         "last_checkpoint_age_s": round(time.time() - seal["saved_at"], 1) if seal else None,
         "last_log_age_s": round(time.time() - step["time"], 1) if step else None,
@@ -71,5 +73,6 @@ def render(r: dict[str, Any]) -> str:
         f"checkpoint     {r['last_checkpoint'] or '-'}"
         + (f" ({human_duration(r['last_checkpoint_age_s'])} ago)" if r["last_checkpoint"] else ""),
         f"restarts       {r['restarts']}",
+        f"non-finite     {r['skipped_steps']} steps skipped, {r['rollbacks']} roll-backs",
     ]
     return "\n".join(lines)

@@ -1,26 +1,53 @@
-"""When a run stops before max_iters: a signal (SIGTERM from cron, docker stop or a scheduler;
-Ctrl-C) or the time window (max_runtime from this start, stop_at a local time). Either way the
-loop finishes its step, writes a checkpoint and exits 75, so the next start picks up there."""
+"""When a command stops before it is done: a signal (SIGTERM from cron, docker stop or a scheduler;
+Ctrl-C) or the time window (max_runtime from this start, stop_at a local time). Either way it ends
+with exit 75 and the next start picks up where it stopped.
+
+Two regimes. From the first instruction on (`stop_before_work`), a signal raises `Stopped` at once
+wherever the program is: nothing is lost, because every file is written atomically and a prepare
+resumes shard by shard. Inside the training loop (`StopFlag`), a signal only sets a flag: the loop
+finishes its step and writes a checkpoint first. A second Ctrl-C interrupts at once (exit 130),
+except while a checkpoint is being written: it then waits for the write to end.
+"""
 
 from __future__ import annotations
 
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from job.errors import EXIT_STOPPED
+from job.errors import EXIT_STOPPED, Stopped
 from job.units import parse_clock, parse_duration
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(f"{signal.Signals(signum).name} received; every file is whole, start the same command "
+                  f"again to carry on")
+
+
+def stop_before_work() -> None:
+    """SIGTERM and SIGINT raise Stopped (exit 75) wherever the program is."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_stopped)
+
+
+def ignore_stops() -> None:
+    """For worker processes: the parent decides when to stop, and ends them."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopFlag:
     """SIGTERM/SIGINT set `reason`; the loop reads it after each step. A second SIGINT interrupts
-    at once."""
+    at once, except inside `protected()` (a checkpoint write), which it lets finish."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
         self._old: dict[int, Any] = {}
+        self._protected = False
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,7 +55,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.reason and signum == signal.SIGINT:
+        if self.reason and signum == signal.SIGINT and not self._protected:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
         print(f"\n{self.reason} received: finishing this step, then checkpoint and exit "
@@ -37,6 +64,15 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    @contextmanager
+    def protected(self) -> Iterator[None]:
+        """No KeyboardInterrupt inside: a write that a signal would cut goes to its end."""
+        self._protected = True
+        try:
+            yield
+        finally:
+            self._protected = False
 
 
 def deadline(max_runtime: str, stop_at: str, started: float) -> tuple[float, str] | None:

@@ -10,6 +10,7 @@ checkpoint, 1 failed, 2 bad settings.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from job.config import SHAPE_KEYS, Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.loader import TrainLoader, val_batches
 from job.device import Precision, pick_device, pick_precision, to_device
-from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError
+from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
 from job.fileio import clean_temporaries
 from job.flops import flops_per_token, forecast
 from job.gpus import Card, card_for, peak_flops
@@ -55,6 +56,8 @@ class Session:
     peak: float | None  # FLOP/s that MFU divides by
     energy_mark: float | None = None  # the energy meter's reading after the last step
     ema_step_s: float | None = None  # smoothed step time, for the ETA
+    bad_in_row: int = 0  # non-finite steps in a row
+    rollbacks_in_row: int = 0  # roll-backs since the last good checkpoint was written
 
     @property
     def device(self) -> torch.device:
@@ -103,38 +106,43 @@ def run_loop(s: Session) -> int:
             # -------- TRAINING SECTION BEGIN: one optimizer step over grad_accum micro-batches --------
             t0 = time.time()
             lr = lr_at(st.iteration, cfg)
-            loss, grad_norm = train_step(s, lr)
-            train_loss = loss.item()  # the step's one host sync
+            train_loss, grad_norm, skipped = train_step(s, lr)
             step_s = time.time() - t0
             # -------- TRAINING SECTION END --------
             # account: the run's counters, energy, throughput and ETA
-            info = account(s, lr, train_loss, float(grad_norm), step_s)
+            info = account(s, lr, train_loss, grad_norm, step_s, skipped)
             it = st.iteration
             # evaluate on the fixed val batches
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 info.val_loss = st.val_loss = evaluate(s.step_model, s.val, s.prec)
                 s.log.write("eval", iteration=it, val_loss=info.val_loss)
-            # log: a record in log.jsonl and a line on the terminal
-            if it % cfg.log_interval == 0 or it in (1, cfg.max_iters):
+            # log: a record in log.jsonl and a line on the terminal (every skipped step too)
+            if it % cfg.log_interval == 0 or it in (1, cfg.max_iters) or skipped:
                 log_step(s, info)
-            # checkpoint: on the interval, at the end, and before stopping early
+            # checkpoint on the interval, at the end and before stopping, unless the guard objects:
+            # then back to the newest good checkpoint, past the batches that went bad
             stopping = stop.reason or reached(limit)
-            if it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping:
-                info.checkpoint_s = save_checkpoint(s)
+            trouble = guard(s, info)
+            if not trouble and (it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping):
+                with stop.protected():
+                    trouble = save_checkpoint(s, info)
+            if trouble:
+                rollback(s, trouble)
             if s.hooks.on_step:
                 s.hooks.on_step(info)
             # stop early (a signal, the time window): exit 75 and the next start resumes here
-            if stopping and it < cfg.max_iters:
-                s.log.write("stop", iteration=it, reason=stopping)
-                print(f"stopped at iteration {it} ({stopping}); checkpoint written, exit {EXIT_STOPPED}")
+            if stopping and st.iteration < cfg.max_iters:
+                s.log.write("stop", iteration=st.iteration, reason=stopping)
+                print(f"stopped at iteration {st.iteration} ({stopping}); checkpoint written, exit {EXIT_STOPPED}")
                 return EXIT_STOPPED
     finish(s)
     return EXIT_DONE
 
 
-def train_step(s: Session, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step: accumulate grad_accum micro-batches, clip, step. Returns the mean loss
-    and the gradient norm before clipping, as device tensors (no host sync here)."""
+def train_step(s: Session, lr: float) -> tuple[float, float, bool]:
+    """One optimizer step: accumulate grad_accum micro-batches, clip, step. Returns the mean loss,
+    the gradient norm before clipping, and whether the update was skipped because one of them was
+    not finite. Reading the two is the step's one host sync: the guard needs them before the update."""
     cfg = s.cfg
     for group in s.optimizer.param_groups:
         group["lr"] = lr
@@ -149,10 +157,46 @@ def train_step(s: Session, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     s.scaler.unscale_(s.optimizer)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
-    s.scaler.step(s.optimizer)
+    loss_value, norm = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()
+    # fp16's GradScaler skips an overflowing gradient itself, and lowers its scale: that is no fault
+    skipped = not math.isfinite(loss_value) or (not math.isfinite(norm) and not s.scaler.is_enabled())
+    if not skipped:
+        s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return loss_value, norm, skipped
+
+
+def guard(s: Session, info: StepInfo) -> str | None:
+    """Why the model can no longer be trusted, or None."""
+    if s.bad_in_row >= s.cfg.bad_step_limit:
+        return f"{s.bad_in_row} steps in a row with a non-finite loss or gradient (updates skipped)"
+    if info.val_loss is not None and not math.isfinite(info.val_loss):
+        return f"val loss {info.val_loss}"
+    return None
+
+
+def rollback(s: Session, why: str) -> None:
+    """Back to the newest good checkpoint, keeping the loader past the batches that went bad; after
+    rollback_limit of these with no good checkpoint between them, end the run (exit 1)."""
+    cfg, st = s.cfg, s.state
+    it, found = st.iteration, None
+    if s.rollbacks_in_row < cfg.rollback_limit:
+        found = checkpoint.load_latest(s.run.ckpt, map_location=s.device)
+    s.log.write("rollback" if found else "diverged", iteration=it, reason=why, rollbacks=s.rollbacks_in_row)
+    advice = f"lower lr (now {cfg.lr:g}) or raise warmup_iters, or check the data ({cfg.data})"
+    if found is None and s.rollbacks_in_row == 0:
+        raise Failure(f"training diverged at iteration {it} ({why}) before any checkpoint to go back to; {advice}")
+    if found is None:
+        kept = checkpoint.latest_seal(s.run.ckpt)
+        raise Failure(f"training diverged: {why} at iteration {it}, and {s.rollbacks_in_row} roll-backs to the "
+                      f"newest good checkpoint did not help; {advice}. The checkpoints on disk are whole and finite "
+                      f"(newest: {kept['file'] if kept else 'none'})")
+    saved, path = found
+    st.roll_back_to(checkpoint.restore(saved, s.model, s.optimizer, s.scaler, s.device))
+    s.bad_in_row, s.rollbacks_in_row = 0, s.rollbacks_in_row + 1
+    print(f"warning: {why} at iteration {it}; rolled back to {path.name} (iteration {st.iteration}), past the "
+          f"batches that went bad ({s.rollbacks_in_row} of {cfg.rollback_limit})", file=sys.stderr, flush=True)
 
 
 def lr_at(it: int, cfg: Config) -> float:
@@ -167,9 +211,9 @@ def lr_at(it: int, cfg: Config) -> float:
 def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Session:
     """Data and batches, device, resume or refuse, model, optimizer, scaler; then say so. Every
     check that can refuse runs before the first write to the run."""
-    data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, verify)
-    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed)
-    val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters)
+    data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
+    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
+    val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
     device = pick_device(cfg.device)
     prec = pick_precision(device, cfg.dtype)
     clean_temporaries(run.ckpt)
@@ -232,10 +276,11 @@ def announce(s: Session, resumed_from: Path | None) -> None:
           f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
 
 
-def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: float) -> StepInfo:
+def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: float, skipped: bool) -> StepInfo:
     """Count one finished step into the run's totals, and say what it achieved."""
     cfg, st = s.cfg, s.state
-    st.account(cfg.tokens_per_iter, step_s, s.energy_since_mark())
+    st.account(cfg.tokens_per_iter, step_s, s.energy_since_mark(), skipped)
+    s.bad_in_row = s.bad_in_row + 1 if skipped else 0
     # the first steps carry compile and warm-up; the average forgets them quickly
     s.ema_step_s = step_s if s.ema_step_s is None else 0.9 * s.ema_step_s + 0.1 * step_s
     ahead = forecast(cfg, st.iteration, s.ema_step_s, st.energy_j, st.elapsed_s, s.card.board_w if s.card else None)
@@ -243,7 +288,7 @@ def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: 
     return StepInfo(
         iteration=st.iteration, max_iters=cfg.max_iters, train_loss=train_loss, lr=lr, grad_norm=grad_norm,
         step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / s.peak if s.peak else None,
-        eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"],
+        eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=skipped,
     )
 
 
@@ -267,19 +312,25 @@ def log_step(s: Session, i: StepInfo) -> None:
     print(terminal_line(i), flush=True)
 
 
-def save_checkpoint(s: Session) -> float:
-    """Write a checkpoint of this very moment; returns the seconds it took."""
+def save_checkpoint(s: Session, info: StepInfo) -> str | None:
+    """Write a checkpoint of this very moment (its seconds go to info); or, if any of its tensors
+    is not finite, write nothing and say so: a checkpoint never holds a NaN."""
     t0 = time.time()
     content = checkpoint.snapshot(s.model, s.optimizer, s.scaler, s.state, s.cfg.to_dict(), s.data.fingerprint,
                                   s.device)
+    if bad := checkpoint.nonfinite(content):
+        return f"non-finite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}"
     path = checkpoint.save(s.run.ckpt, content, s.state, s.cfg.keep_ckpts)
-    seconds = time.time() - t0
-    s.log.write("checkpoint", iteration=s.state.iteration, path=str(path), seconds=round(seconds, 3))
-    return seconds
+    info.checkpoint_s = time.time() - t0
+    s.rollbacks_in_row = 0  # a newer good checkpoint: progress since the last roll-back
+    s.log.write("checkpoint", iteration=s.state.iteration, path=str(path), seconds=round(info.checkpoint_s, 3))
+    return None
 
 
 def finish(s: Session) -> None:
     st = s.state
+    if st.val_loss is None or not math.isfinite(st.val_loss):  # the guard rolls back first; never DONE on it
+        raise Failure(f"run '{s.cfg.run_name}' reached max_iters with val loss {st.val_loss}; DONE not written")
     s.run.write_done(st)
     s.log.write("done", **st.summary())
     print(f"done: {st.iteration} iterations, {human_count(st.tokens)} tokens, "
@@ -291,6 +342,8 @@ def terminal_line(i: StepInfo) -> str:
              f"loss {i.train_loss:.4f}"]
     if i.val_loss is not None:
         parts.append(f"val {i.val_loss:.4f}")
+    if i.skipped:
+        parts.append("update skipped (not finite)")
     parts += [f"lr {i.lr:.2e}", f"{i.tokens_per_s:,.0f} tok/s", f"{i.step_s * 1e3:,.0f} ms/it"]
     if i.mfu is not None:
         parts.append(f"mfu {100 * i.mfu:.1f}%")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from job.data.shakespeare import prepare_shakespeare
-from job.data.shards import MANIFEST, ShardError, check_dataset, prepared, split_files
+from job.data.shards import MANIFEST, ShardError, check_dataset, open_shard, prepared, split_files
 from job.errors import ConfigError
 
 EMBEDDED = "shakespeare"
@@ -28,6 +28,11 @@ class Dataset:
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
 
+    @property
+    def n_vocab(self) -> int:
+        """Token ids are below this: the tokenizer's vocabulary, as the manifest records it."""
+        return int(self.manifest.get("tokenizer", {}).get("n_vocab", 2**16))
+
     def files(self, split: str) -> list[Path]:
         return split_files(self.path, self.manifest, split)
 
@@ -35,8 +40,9 @@ class Dataset:
         return min((s["tokens"] for s in self.manifest["shards"] if s["split"] == split), default=0)
 
 
-def open_dataset(name: str, path: Path, block_size: int, verify: bool = False) -> Dataset:
-    """The dataset `name` at `path`, ready to train on with windows of block_size + 1 tokens."""
+def open_dataset(name: str, path: Path, block_size: int, vocab_size: int, verify: bool = False) -> Dataset:
+    """The dataset `name` at `path`, ready to train on with windows of block_size + 1 tokens by a
+    model of vocab_size. With verify, every shard is re-hashed and its largest id checked."""
     if name == EMBEDDED and not prepared(path):
         prepare_shakespeare(path)
     if not (path / MANIFEST).is_file():
@@ -46,6 +52,15 @@ def open_dataset(name: str, path: Path, block_size: int, verify: bool = False) -
         data = Dataset(path, check_dataset(path, verify=verify))
     except ShardError as e:
         raise ConfigError(f"data: {e}") from None
+    if data.n_vocab > vocab_size:
+        raise ConfigError(f"vocab_size: {vocab_size} is smaller than the dataset's vocabulary ({data.n_vocab}, "
+                          f"{path / MANIFEST}); use vocab_size >= {data.n_vocab}")
+    if verify:
+        for file in data.files("train") + data.files("val"):
+            if (top := int(open_shard(file).max(initial=0))) >= data.n_vocab:
+                raise ShardError(f"{file}: token id {top} is outside the vocabulary (ids must be below "
+                                 f"{data.n_vocab}); this shard is not GPT-2 tokens, prepare it again with "
+                                 f"`job prepare`")
     for split in ("train", "val"):
         shortest = data.shortest_shard(split)
         if shortest < block_size + 1:

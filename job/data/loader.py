@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from job.data.shards import open_shard
+from job.data.shards import ShardError, open_shard
 from job.errors import ConfigError
 
 
@@ -24,10 +24,12 @@ class LoaderState:
 
 
 class Windows:
-    """The windows of one split across its shards; a window never crosses a shard boundary."""
+    """The windows of one split across its shards; a window never crosses a shard boundary. Every
+    batch is checked against the vocabulary as it is fetched (a max over a few thousand ints), so a
+    shard holding ids the model cannot embed is named the moment it is reached, not by a crash."""
 
-    def __init__(self, files: list[Path], block_size: int):
-        self.block_size = block_size
+    def __init__(self, files: list[Path], block_size: int, vocab: int = 2**16):
+        self.block_size, self.vocab, self.files = block_size, vocab, files
         self.shards = [open_shard(f) for f in files]
         counts = [max(0, (s.size - 1) // block_size) for s in self.shards]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -39,13 +41,18 @@ class Windows:
         for row, (i, s) in enumerate(zip(indices, shard_of, strict=True)):
             offset = (int(i) - int(self.starts[s])) * self.block_size
             out[row] = self.shards[s][offset: offset + self.block_size + 1]
+        if out.size and int(out.max()) >= self.vocab:
+            row = int(np.argmax(out.max(axis=1) >= self.vocab))
+            raise ShardError(f"{self.files[shard_of[row]]}: token id {int(out[row].max())} is outside the vocabulary "
+                             f"(ids must be below {self.vocab}); this shard is not GPT-2 tokens, prepare it again "
+                             f"with `job prepare`")
         return out
 
 
 class TrainLoader:
     def __init__(self, files: list[Path], block_size: int, batch_size: int, seed: int,
-                 state: LoaderState | None = None):
-        self.windows = Windows(files, block_size)
+                 state: LoaderState | None = None, vocab: int = 2**16):
+        self.windows = Windows(files, block_size, vocab)
         if self.windows.count < batch_size:
             raise ConfigError(f"batch_size: {batch_size} is larger than the train split, which has "
                               f"{self.windows.count} windows of {block_size + 1} tokens; use batch_size <= "
@@ -71,10 +78,11 @@ class TrainLoader:
         return self.windows.fetch(np.sort(picks))
 
 
-def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: int) -> list[np.ndarray]:
+def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: int,
+                vocab: int = 2**16) -> list[np.ndarray]:
     """A fixed set of val batches (the first windows, wrapping if val is short), so every
     evaluation is measured on the same text and draws no randomness."""
-    windows = Windows(files, block_size)
+    windows = Windows(files, block_size, vocab)
     if windows.count == 0:
         raise ConfigError(f"block_size: {block_size} is too long for the val split (shorter than "
                           f"{block_size + 1} tokens); use a smaller block_size or hold out more val tokens")

@@ -47,14 +47,16 @@ def test_the_training_loop_fits_in_about_40_lines():
     assert loop.end_lineno - loop.lineno + 1 <= 42
 
 
-def test_one_user_error_type_reaches_the_command_line():
+def test_every_early_ending_reaches_the_command_line_through_one_place():
     from job.config import ConfigError
     from job.data.shards import ShardError
     from job.data.sources import SourceError
-    from job.errors import UserError
+    from job.errors import ENDINGS, Failure, Stopped, UserError
+    from job.fileio import WriteError
     from job.rundir import RunLocked
 
     for kind in (ConfigError, ShardError, SourceError, RunLocked):
         assert issubclass(kind, UserError), kind
+    assert issubclass(WriteError, Failure) and set(ENDINGS) == {UserError, Failure, Stopped}
     cli = Path(ROOT / "job" / "cli.py").read_text()
-    assert cli.count("except UserError") == 1
+    assert cli.count("except ENDINGS") == 1
