@@ -109,8 +109,9 @@ def save(ckpt_dir: Path, content: dict[str, Any], state: TrainState, keep: int) 
     with atomic_open(path) as f:  # streamed to disk: a 124M model's state never sits twice in RAM
         try:
             torch.save(content, f)
-        except RuntimeError as e:  # torch's writer wraps the OSError (disk full, file-size limit)
-            raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
+        except RuntimeError as e:  # torch's writer hides the OSError (disk full, file-size limit) behind it
+            cause = e.__context__ if isinstance(e.__context__, OSError) else None
+            raise cause or OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
     seal = {"iteration": state.iteration, "file": path.name, "bytes": path.stat().st_size,
             "sha256": sha256_file(path), "saved_at": time.time(), **state.summary()}
     atomic_write_json(seal_path(path), seal)

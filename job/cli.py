@@ -215,5 +215,8 @@ def main() -> None:
     stop_before_work()  # for the `job` script; `python -m job` did so before importing anything
     try:
         app()
+    except Stopped as e:  # a signal while the command line was still being parsed
+        typer.echo(f"stopped: {e}", err=True)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C: the newest checkpoint is still whole
         sys.exit(EXIT_INTERRUPTED)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -150,7 +151,9 @@ class RunLog:
         self._cut = size > 0 and os.pread(self._fd, 1, size - 1) != b"\n"
 
     def write(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n"
+        # strict JSON for every reader (jq, pandas): a NaN or an infinity is written as null
+        fields = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
+        line = json.dumps({"event": event, "time": round(time.time(), 3), **fields}, allow_nan=False) + "\n"
         data = ("\n" + line if self._cut else line).encode()
         try:
             written = os.write(self._fd, data)

@@ -121,9 +121,10 @@ def run_loop(s: Session) -> int:
                 log_step(s, info)
             # checkpoint on the interval, at the end and before stopping, unless the guard objects:
             # then back to the newest good checkpoint, past the batches that went bad
+            # (none in the middle of non-finite steps: the newest good one must not be rotated away)
             stopping = stop.reason or reached(limit)
-            trouble = guard(s, info)
-            if not trouble and (it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping):
+            due = it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping
+            if not (trouble := guard(s, info)) and due and not s.bad_in_row:
                 with stop.protected():
                     trouble = save_checkpoint(s, info)
             if trouble:
@@ -133,7 +134,8 @@ def run_loop(s: Session) -> int:
             # stop early (a signal, the time window): exit 75 and the next start resumes here
             if stopping and st.iteration < cfg.max_iters:
                 s.log.write("stop", iteration=st.iteration, reason=stopping)
-                print(f"stopped at iteration {st.iteration} ({stopping}); checkpoint written, exit {EXIT_STOPPED}")
+                print(f"stopped at iteration {st.iteration} ({stopping}); the next start resumes from the newest "
+                      f"checkpoint, exit {EXIT_STOPPED}")
                 return EXIT_STOPPED
     finish(s)
     return EXIT_DONE
@@ -171,6 +173,8 @@ def guard(s: Session, info: StepInfo) -> str | None:
     """Why the model can no longer be trusted, or None."""
     if s.bad_in_row >= s.cfg.bad_step_limit:
         return f"{s.bad_in_row} steps in a row with a non-finite loss or gradient (updates skipped)"
+    if s.bad_in_row and info.iteration >= s.cfg.max_iters:
+        return f"the last {s.bad_in_row} steps of the run had a non-finite loss or gradient"
     if info.val_loss is not None and not math.isfinite(info.val_loss):
         return f"val loss {info.val_loss}"
     return None
@@ -308,7 +312,7 @@ def evaluate(model: torch.nn.Module, batches: list[np.ndarray], prec: Precision)
 def log_step(s: Session, i: StepInfo) -> None:
     s.log.write("step", **i.state.summary(), train_loss=i.train_loss, lr=i.lr, grad_norm=i.grad_norm,
                 step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
-                eta_s=round(i.eta_s, 1))
+                eta_s=round(i.eta_s, 1), **({"skipped": True} if i.skipped else {}))
     print(terminal_line(i), flush=True)
 
 

