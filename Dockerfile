@@ -1,20 +1,24 @@
 # The trainer in a CUDA container:  make docker-build && make docker-train
 #
-#   docker run --rm --init --gpus all --stop-timeout 120 --env-file .env \
+#   docker run --rm --gpus all --stop-timeout 120 --env-file .env \
 #     -v "$PWD/data:/app/data" -v "$PWD/runs:/app/runs" \
-#     -v "$HOME/.cache/huggingface:/home/job/.cache/huggingface" \
-#     -p 127.0.0.1:9100:9100 job:latest train --max-iters 200
+#     -v "$HOME/.cache/huggingface:/home/job/.cache/huggingface" -v /etc/localtime:/etc/localtime:ro \
+#     -p 127.0.0.1:9838:9838 job:latest train --max-iters 200
 #
-# --init is required: it puts docker's tini in front as PID 1, so SIGTERM from `docker stop`
-# reaches Python (which then checkpoints and exits 75) and torch.compile's worker processes get
-# reaped. Give `docker stop` time to finish the step and write the checkpoint: --stop-timeout 120
-# (or `docker stop -t 120`); docker's default of 10 s can SIGKILL a 124M run mid-checkpoint
-# (the previous checkpoint survives, but up to ckpt_interval iterations are lost).
+# tini is the entrypoint (PID 1), so SIGTERM from `docker stop`, Kubernetes or a RunPod/vast.ai
+# template reaches Python (which checkpoints and exits 75) without `--init`, and torch.compile's
+# worker processes get reaped. Give `docker stop` time to finish the step and write the
+# checkpoint: --stop-timeout 120 (or `docker stop -t 120`); docker's default of 10 s can SIGKILL
+# a 124M run mid-checkpoint (the previous checkpoint survives; up to ckpt_interval steps are lost).
 
-# The CUDA variant of the torch wheel (cu126, cu128, cu130...) and a base of the same CUDA
-# version; the driver on the host must support it (nvidia-smi shows the newest it can).
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
-ARG TORCH_CUDA=cu128
+# The CUDA variant of the torch wheel and a base image of the same CUDA version (README, "Image
+# variants"): cu130 (default) needs driver >= 580 and runs Turing to Blackwell; cu126 runs on
+# driver >= 525, Maxwell to Hopper (an RTX 4070 runs its sm_86 code):
+#   make docker-build CUDA=cu126
+# scripts/check_torch_cuda.py (make lint) fails when torch's pin and the variant are not a
+# published pair, or the base image is another CUDA.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
+ARG TORCH_CUDA=cu130
 
 # ---- build: a venv with every dependency, plus tiktoken's gpt2 files ----------------------------
 FROM ${CUDA_IMAGE} AS build
@@ -51,10 +55,12 @@ RUN /opt/venv/bin/python -c "import tiktoken; assert tiktoken.get_encoding('gpt2
 # nvidia-* wheels), so -runtime's copies would only add gigabytes. The driver comes from the host
 # through the NVIDIA container toolkit (--gpus all).
 FROM ${CUDA_IMAGE}
+# tini: PID 1 that forwards signals and reaps children. tzdata: stop_at is local time (mount the
+# host's /etc/localtime, or set TZ).
 # DL3008 ignored, as above: the Ubuntu release is pinned by the base image tag.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 tini tzdata \
  && rm -rf /var/lib/apt/lists/*
 # UID/GID: match the host user that owns data/ and runs/ (make docker-build passes `id -u`).
 ARG UID=1000
@@ -69,7 +75,7 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/tiktoken /opt/tiktoken
 COPY scripts/healthcheck.py /app/scripts/healthcheck.py
 # JOB_METRICS_ADDR: inside the container the metrics server must listen on all interfaces, or a
-# published port cannot reach it; publish it on the host's 127.0.0.1 only (-p 127.0.0.1:9100:9100).
+# published port cannot reach it; publish it on the host's 127.0.0.1 only (-p 127.0.0.1:9838:9838).
 # DL3064 ignored, as above: TIKTOKEN_CACHE_DIR is a path, not a secret.
 # hadolint ignore=DL3064
 ENV PATH=/opt/venv/bin:$PATH \
@@ -77,16 +83,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     TIKTOKEN_CACHE_DIR=/opt/tiktoken \
     HF_HOME=/home/job/.cache/huggingface \
     JOB_METRICS_ADDR=0.0.0.0 \
-    JOB_METRICS_PORT=9100
+    JOB_METRICS_PORT=9838
 WORKDIR /app
 # Numeric, so the host reads the files it writes as the same user (uid:gid of job above).
 USER ${UID}:${GID}
 VOLUME ["/app/data", "/app/runs", "/home/job/.cache/huggingface"]
-EXPOSE 9100
+EXPOSE 9838
 # Data prep and torch.compile come before the metrics server: the start period covers them.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
   CMD ["python", "/app/scripts/healthcheck.py"]
 # SIGTERM: the job finishes its step, writes a checkpoint and exits 75 (see --stop-timeout above).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["python", "-m", "job"]
+ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "job"]
 CMD ["train"]

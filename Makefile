@@ -5,11 +5,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-RUN    ?= tiny
+# RUN: the run's name when you give one (make train RUN=night1); otherwise the job resolves it as
+# every command does: JOB_RUN, else JOB_PRESET, from the environment or the env file, else tiny.
+RUN    ?=
 ARGS   ?=
+run_flag = $(if $(RUN),--run $(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-fast lint clean monitor monitor-down bench bench-prepare bench-metrics
+.PHONY: help setup train sample status test test-fast lint clean monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,7 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 setup: $(STAMP) ## Create or update the venv in .venv (idempotent)
 
 train: setup ## Prepare the embedded corpus if needed, train (or resume) and print a sample
-	$(BIN)/python -m job train --run $(RUN) $(ARGS)
+	$(BIN)/python -m job train $(run_flag) $(ARGS)
 	$(BIN)/python -m job sample $(RUN) --tokens 200
 
 sample: setup ## Print text from the newest checkpoint of RUN
@@ -41,18 +44,28 @@ test-fast: setup ## Only the fast tier: the loop's parts in-process, a few secon
 bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--format jsonl"
 	$(BIN)/python scripts/bench_prepare.py $(ARGS)
 
-lint: setup ## ruff over the code, hadolint over the Dockerfile
+lint: setup ## ruff over the code, hadolint over the Dockerfile, the image's torch/CUDA pair
 	$(BIN)/ruff check job tests scripts
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python scripts/check_torch_cuda.py
 
-monitor: ## Start trainer (GPU), Prometheus and Grafana with docker compose; dashboard on 127.0.0.1:3000
-	@command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin and the NVIDIA container toolkit" >&2; exit 2; }
-	docker compose -f grafana/compose.yml up -d --build
-	@echo "Grafana:    http://127.0.0.1:3000/d/trainer  (anonymous viewer; admin/admin to edit)"
-	@echo "Prometheus: http://127.0.0.1:9090   metrics: http://127.0.0.1:9100/metrics"
+COMPOSE = docker compose -f grafana/compose.yml
+need_docker = @command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin (and the NVIDIA container toolkit for the trainer)" >&2; exit 2; }
 
-monitor-down: ## Stop the monitoring stack (keeps Prometheus and Grafana data volumes)
-	docker compose -f grafana/compose.yml down
+monitor: ## Prometheus + Grafana (host network, 127.0.0.1) for whatever trains here; dashboard on :3000
+	$(need_docker)
+	mkdir -p data runs $(HF_CACHE)
+	$(COMPOSE) up -d
+	@echo "Grafana:    http://127.0.0.1:$(or $(GRAFANA_PORT),3000)/d/trainer  (anonymous viewer; admin/admin to edit)"
+	@echo "Prometheus: http://127.0.0.1:$(or $(PROMETHEUS_PORT),9090)  scraping the trainer at http://127.0.0.1:$(PORT)/metrics"
+
+monitor-trainer: ## The same, plus the trainer in a container on all GPUs (compose profile "trainer")
+	$(need_docker)
+	mkdir -p data runs $(HF_CACHE)
+	HOST_UID=$$(id -u) HOST_GID=$$(id -g) HF_CACHE=$(HF_CACHE) $(COMPOSE) --profile trainer up -d --build
+
+monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and Grafana data volumes)
+	$(COMPOSE) --profile trainer down
 
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
 	$(BIN)/python scripts/bench_metrics.py
@@ -65,24 +78,30 @@ clean: ## Remove the venv and caches (never runs/ or data/)
 
 # ---- container and cron (see the README's "Container, cron and the nightly window") ----------
 IMAGE    ?= job:latest
+# The image's CUDA variant (README, "Image variants"): the Dockerfile's default, or one of these.
+CUDA     ?=
+CUDA_IMAGE_cu126 := nvidia/cuda:12.6.3-base-ubuntu24.04
+CUDA_IMAGE_cu130 := nvidia/cuda:13.0.0-base-ubuntu24.04
 ENV_FILE ?= .env
-PORT     ?= $(or $(JOB_METRICS_PORT),9100)
+PORT     ?= $(or $(JOB_METRICS_PORT),9838)
 HF_CACHE ?= $(HOME)/.cache/huggingface
 
 .PHONY: docker-build docker-train cron-install
 
-docker-build: ## Build the CUDA image (IMAGE=job:latest), owned by your uid/gid
-	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) -t $(IMAGE) .
+docker-build: ## Build the CUDA image (IMAGE=job:latest, CUDA=cu130|cu126), owned by your uid/gid
+	$(if $(CUDA),$(if $(CUDA_IMAGE_$(CUDA)),,$(error CUDA=$(CUDA) is not a variant; use cu130 or cu126)))
+	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) \
+	  $(if $(CUDA),--build-arg TORCH_CUDA=$(CUDA) --build-arg CUDA_IMAGE=$(CUDA_IMAGE_$(CUDA))) -t $(IMAGE) .
 
 docker-train: ## Train in the container on all GPUs; metrics on 127.0.0.1:PORT; ARGS pass through
 	mkdir -p data runs $(HF_CACHE)
-	docker run --rm --init --gpus all --stop-timeout 120 --name job-$(RUN) \
+	docker run --rm --gpus all --stop-timeout 120 --name job-$(or $(RUN),train) \
 	  $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE)) \
 	  -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
 	  -v $(HF_CACHE):/home/job/.cache/huggingface -v /etc/localtime:/etc/localtime:ro \
 	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) \
 	  $(foreach v,$(filter JOB_% HF_TOKEN,$(.VARIABLES)),-e $(v)) \
-	  $(IMAGE) train --run $(RUN) $(ARGS)
+	  $(IMAGE) train $(run_flag) $(ARGS)
 
 cron-install: ## Print crontab lines for the nightly window (never edits your crontab)
 	@echo "# Add these with 'crontab -e' (or: (crontab -l; make -s cron-install) | crontab -)"

@@ -23,6 +23,23 @@ app = typer.Typer(
     help="Train a small GPT overnight on your own GPU, and know what it costs.",
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from job import __version__
+
+        typer.echo(f"job {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}, "
+                   f"Python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version (and torch's, CUDA's, Python's), then exit.")) -> None:
+    """Train a small GPT overnight on your own GPU, and know what it costs."""
+
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The one place a command ends early: one line on stderr and the exit code of its kind
     (job/errors.py: 2 bad input, 1 failed, 75 stopped), never a traceback."""
@@ -37,8 +54,15 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 CONFIG_OPTION = typer.Option(None, "--config", "-c", help="TOML file of settings (flat, or under [job]).")
-RUN_ARGUMENT = typer.Argument("tiny", help="Run name (a directory under --out-dir).")
-OUT_DIR_OPTION = typer.Option(Path("runs"), help="Where runs live.")
+RUN_ARGUMENT = typer.Argument(None, help="Run name, a directory under --out-dir [default: as `job train` resolves "
+                              "it: JOB_RUN, else JOB_PRESET, from the environment or the env file; else tiny].")
+OUT_DIR_OPTION = typer.Option(None, help="Where runs live [default: JOB_OUT_DIR, else runs].")
+
+
+def settings_for(run: str | None, out_dir: Path | None) -> Config:
+    """The settings `job train` would use, with these two given: one resolution of the run for
+    every command (defaults < env file < environment < flags)."""
+    return resolve({"run": run, "out_dir": str(out_dir) if out_dir else None})
 
 
 def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -176,8 +200,8 @@ def plan(
 @app.command()
 @guarded
 def status(
-    run: str = RUN_ARGUMENT,
-    out_dir: Path = OUT_DIR_OPTION,
+    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Where a run stands: iteration, loss, tokens/s, ETA, energy, last checkpoint, done.
@@ -186,15 +210,16 @@ def status(
     """
     from job.status import render, run_status
 
-    report = run_status(out_dir / run)
+    cfg = settings_for(run, out_dir)
+    report = run_status(cfg.run_dir, cfg.price_per_kwh, cfg.currency)
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
 @app.command()
 @guarded
 def sample(
-    run: str = RUN_ARGUMENT,
-    out_dir: Path = OUT_DIR_OPTION,
+    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
     prompt: str = typer.Option("\n", help="Text to continue."),
     tokens: int = typer.Option(200, min=1, help="How many tokens to generate."),
     temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder."),
@@ -208,7 +233,7 @@ def sample(
     """
     from job.sample import generate_text
 
-    typer.echo(generate_text(out_dir / run, prompt, tokens, temperature, top_k, seed, device))
+    typer.echo(generate_text(settings_for(run, out_dir).run_dir, prompt, tokens, temperature, top_k, seed, device))
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 One name per setting everywhere: the field `max_iters` is `--max-iters` on the command line,
 `JOB_MAX_ITERS` in the environment or `.env`, and `max_iters` in a TOML file.
-Precedence: defaults < preset < TOML file < environment (.env fills in only what the real
-environment lacks) < command-line flags.
+Precedence: defaults < preset < TOML file < environment (the env file, `.env` or JOB_ENV_FILE,
+fills in only what the real environment lacks) < command-line flags. The run's name and
+directory resolve the same way for every command (train, status, sample) and for make and cron.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class Config:
     ckpt_interval: int = 100
     keep_ckpts: int = 3
     # monitoring and cost
-    metrics_port: int = 9100  # 0 turns the metrics server off
+    metrics_port: int = 9838  # 0 turns the metrics server off (9838: see README, "Ports")
     metrics_addr: str = "127.0.0.1"
+    gpu_metrics: bool = True  # serve trainer_gpu_* from NVML; off where dcgm-exporter already reports the cards
     peak_tflops: float = 0.0  # peak used for MFU; 0 means "the card's own, if known"
     max_runtime: str = ""  # e.g. "8h30m": checkpoint and exit 75 when reached
     stop_at: str = ""  # "HH:MM" or "HH:MM:SS" local time: checkpoint and exit 75 when reached
@@ -196,9 +198,17 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return out
 
 
-def env_settings(environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> dict[str, Any]:
-    """JOB_* settings from .env, overridden by the real environment."""
-    merged = read_dotenv(dotenv) if dotenv else {}
+ENV_FILE = "JOB_ENV_FILE"  # where the env file is (default .env in the working directory); cron reads it too
+
+
+def env_file(environ: dict[str, str] | None = None) -> Path:
+    return Path((os.environ if environ is None else environ).get(ENV_FILE) or ".env")
+
+
+def env_settings(environ: dict[str, str] | None = None, dotenv: Path | None | str = "auto") -> dict[str, Any]:
+    """JOB_* settings from the env file (JOB_ENV_FILE, else .env), overridden by the real environment."""
+    path = env_file(environ) if dotenv == "auto" else dotenv
+    merged = read_dotenv(Path(path)) if path else {}
     merged.update(os.environ if environ is None else environ)
     out: dict[str, Any] = {}
     for key, val in merged.items():
@@ -230,7 +240,7 @@ def resolve(
     flags: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
     environ: dict[str, str] | None = None,
-    dotenv: Path | None = Path(".env"),
+    dotenv: Path | None | str = "auto",
 ) -> Config:
     """Layer the sources in precedence order and validate the result."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}

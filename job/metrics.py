@@ -34,8 +34,10 @@ from job.errors import ConfigError
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.state import TrainState
 
-# Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation).
-STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
+# Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation). About
+# 10% apart where real runs sit: an H100's 0.5-1 s step and a 4070's 3-3.5 s (the scenario's).
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1, 1.1, 1.25,
+                1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5, 5, 6, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
 CKPT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 # NVML's clock-event (throttle) reason bits, by the name the dashboard shows.
@@ -62,7 +64,7 @@ class TrainingMetrics:
     def __init__(self, registry: CollectorRegistry, cfg: Config):
         self.cfg = cfg
         r = registry
-        self.info = Info("trainer", "The run: name, preset, parameters, device, GPU, peak FLOP/s used for MFU",
+        self.info = Info("trainer", "The run: name, preset, parameters, device, GPU name, peak FLOP/s used for MFU",
                          registry=r)
         self.iteration = Gauge("trainer_iteration", "Optimizer steps done in this run (across restarts)", registry=r)
         self.target = Gauge("trainer_target_iterations", "Optimizer steps the run is set to do (max_iters)",
@@ -99,8 +101,10 @@ class TrainingMetrics:
                                 "from NVML)", registry=registry)
 
     def on_start(self, info: StartInfo) -> None:
-        labels = ("run", "preset", "params", "device", "dtype", "gpu", "peak_flops")
-        self.info.info({k: "" if getattr(info, k) is None else str(getattr(info, k)) for k in labels})
+        labels = {"run": "run", "preset": "preset", "params": "params", "device": "device", "dtype": "dtype",
+                  "gpu": "gpu_name", "peak_flops": "peak_flops"}  # `gpu` is the index on every GPU series
+        values = {label: getattr(info, k) for k, label in labels.items()}
+        self.info.info({label: "" if v is None else str(v) for label, v in values.items()})
         self.start.set(time.time())
         self.target.set(info.max_iters)
         self.set_totals(info.state)
@@ -139,21 +143,25 @@ class TrainingMetrics:
 
 
 class GpuCollector:
-    """Reads NVML and torch's allocator when Prometheus scrapes; `devices` maps the torch index
-    (the `gpu` label) to its NVML handle."""
+    """Reads NVML and torch's allocator when Prometheus scrapes. `devices` maps the torch index to
+    its NVML handle. Every series carries `gpu`, the host's number for the card (its /dev/nvidiaN
+    minor number, the same inside a container; else NVML's index) and `uuid`, the key that joins
+    them with dcgm-exporter's and nvidia_gpu_exporter's series for the same card."""
 
     def __init__(self, nvml: Any, devices: dict[int, Any]):
         self.nvml, self.devices = nvml, devices
         self.driver = _try(lambda: _text(nvml.nvmlSystemGetDriverVersion()), "")
         self.reason_bits = {name: getattr(nvml, attr, 0) for name, attr in REASONS.items()}
+        self.labels = {idx: card_labels(nvml, h, idx) for idx, h in devices.items()}
 
     def describe(self) -> list[Metric]:
         return []  # keeps registration from calling collect() (and NVML) early
 
     def collect(self) -> Iterator[Metric]:
-        g = lambda name, doc, extra=(): GaugeMetricFamily(name, doc, labels=["gpu", *extra])
+        g = lambda name, doc, extra=(): GaugeMetricFamily(name, doc, labels=["gpu", "uuid", *extra])
         f = {
-            "info": g("trainer_gpu_info", "The GPU: name, uuid, driver", ("name", "uuid", "driver")),
+            "info": g("trainer_gpu_info", "The GPU: name, driver, and the index torch gives it (cuda:N)",
+                      ("name", "driver", "torch_index")),
             "used": g("trainer_gpu_memory_used_bytes", "GPU memory in use, all processes (NVML)"),
             "total": g("trainer_gpu_memory_total_bytes", "GPU memory size (NVML)"),
             "alloc": g("trainer_torch_memory_allocated_bytes", "Memory held by this process's tensors"),
@@ -162,7 +170,7 @@ class GpuCollector:
             "power": g("trainer_gpu_power_watts", "Power draw"),
             "limit": g("trainer_gpu_power_limit_watts", "Enforced power limit"),
             "energy": CounterMetricFamily("trainer_gpu_energy_joules", "Energy used since the driver loaded",
-                                          labels=["gpu"]),
+                                          labels=["gpu", "uuid"]),
             "temp": g("trainer_gpu_temperature_celsius", "Core temperature"),
             "util": g("trainer_gpu_utilization_ratio", "Share of time a kernel was running (0-1)"),
             "clock": g("trainer_gpu_sm_clock_hertz", "SM clock"),
@@ -176,27 +184,35 @@ class GpuCollector:
     def _read(self, idx: int, h: Any, f: dict[str, Metric]) -> None:
         import torch
 
-        n, gpu = self.nvml, str(idx)
-        f["info"].add_metric([gpu, _try(lambda: _text(n.nvmlDeviceGetName(h)), ""),
-                              _try(lambda: _text(n.nvmlDeviceGetUUID(h)), ""), self.driver], 1)
+        n, card = self.nvml, list(self.labels[idx])
+        f["info"].add_metric([*card, _try(lambda: _text(n.nvmlDeviceGetName(h)), ""), self.driver, str(idx)], 1)
         mem = _try(lambda: _memory_info(n, h))
         if mem is not None:
-            f["used"].add_metric([gpu], mem.used)
-            f["total"].add_metric([gpu], mem.total)
+            f["used"].add_metric(card, mem.used)
+            f["total"].add_metric(card, mem.total)
         if torch.cuda.is_initialized():  # never start CUDA from the scrape thread
-            f["alloc"].add_metric([gpu], torch.cuda.memory_allocated(idx))
-            f["reserved"].add_metric([gpu], torch.cuda.memory_reserved(idx))
-            f["peak"].add_metric([gpu], torch.cuda.max_memory_allocated(idx))
-        _add(f["power"], gpu, lambda: n.nvmlDeviceGetPowerUsage(h) / 1e3)  # mW
-        _add(f["limit"], gpu, lambda: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3)  # mW
-        _add(f["energy"], gpu, lambda: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3)  # mJ
-        _add(f["temp"], gpu, lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
-        _add(f["util"], gpu, lambda: n.nvmlDeviceGetUtilizationRates(h).gpu / 100)  # percent
-        _add(f["clock"], gpu, lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM) * 1e6)  # MHz
+            f["alloc"].add_metric(card, torch.cuda.memory_allocated(idx))
+            f["reserved"].add_metric(card, torch.cuda.memory_reserved(idx))
+            f["peak"].add_metric(card, torch.cuda.max_memory_allocated(idx))
+        _add(f["power"], card, lambda: n.nvmlDeviceGetPowerUsage(h) / 1e3)  # mW
+        _add(f["limit"], card, lambda: n.nvmlDeviceGetEnforcedPowerLimit(h) / 1e3)  # mW
+        _add(f["energy"], card, lambda: n.nvmlDeviceGetTotalEnergyConsumption(h) / 1e3)  # mJ
+        _add(f["temp"], card, lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
+        _add(f["util"], card, lambda: n.nvmlDeviceGetUtilizationRates(h).gpu / 100)  # percent
+        _add(f["clock"], card, lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM) * 1e6)  # MHz
         mask = _try(lambda: _clock_reasons(n, h))
         if mask is not None:
             for name, active in decode_reasons(mask, self.reason_bits).items():
-                f["reason"].add_metric([gpu, name], active)
+                f["reason"].add_metric([*card, name], active)
+
+
+def card_labels(nvml: Any, handle: Any, torch_index: int) -> tuple[str, str]:
+    """(gpu, uuid): the host's number for the card where it can be known, and its UUID."""
+    number = _try(lambda: nvml.nvmlDeviceGetMinorNumber(handle))
+    if number is None:
+        number = _try(lambda: nvml.nvmlDeviceGetIndex(handle), torch_index)
+    return str(number), _try(lambda: _text(nvml.nvmlDeviceGetUUID(handle)), "")
+
 
 def decode_reasons(mask: int, bits: dict[str, int]) -> dict[str, int]:
     """NVML's clock-event bitmask -> {reason: 0 or 1} for every known reason."""
@@ -214,10 +230,10 @@ def _try(fn: Any, default: Any = None) -> Any:
         return default
 
 
-def _add(family: Metric, gpu: str, read: Any) -> None:
+def _add(family: Metric, labels: list[str], read: Any) -> None:
     value = _try(read)
     if value is not None:
-        family.add_metric([gpu], value)
+        family.add_metric(labels, value)
 
 
 def _memory_info(n: Any, h: Any) -> Any:
@@ -307,7 +323,7 @@ def monitoring(cfg: Config) -> Iterator[RunHooks]:
     metrics = TrainingMetrics(registry, cfg)
     if meter:
         metrics.enable_energy(registry)
-    if nvml:
+    if nvml and cfg.gpu_metrics:
         registry.register(GpuCollector(nvml, devices))
     gpu_name = _try(lambda: _text(nvml.nvmlDeviceGetName(devices[train_gpu])), "") if meter else ""
 
@@ -318,6 +334,8 @@ def monitoring(cfg: Config) -> Iterator[RunHooks]:
         log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
         if why_not:
             log(f"no GPU figures: {why_not}")
+        elif not cfg.gpu_metrics:
+            log("GPU figures left to the host's exporter (gpu_metrics is off); energy is still measured")
         metrics.on_start(dataclasses.replace(info, gpu=gpu_name))
 
     try:

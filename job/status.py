@@ -7,21 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from job import checkpoint
-from job.config import Config, coerce, env_settings
 from job.errors import ConfigError
 from job.rundir import RunDir
 from job.state import TrainState
 from job.units import human_count, human_duration
 
 
-def price_from_env() -> tuple[float, str]:
-    """The price as `job train` would resolve it: JOB_* from the environment, then .env."""
-    env = env_settings()
-    price = coerce("price_per_kwh", env.get("price_per_kwh", Config.price_per_kwh))
-    return price, coerce("currency", env.get("currency", Config.currency))
-
-
-def run_status(run_dir: Path) -> dict[str, Any]:
+def run_status(run_dir: Path, price_per_kwh: float, currency: str) -> dict[str, Any]:
     run = RunDir(run_dir)
     cfg = run.read_config()
     if cfg is None:
@@ -32,7 +24,6 @@ def run_status(run_dir: Path) -> dict[str, Any]:
     # the newer of the last logged step and the last checkpoint (a log line may be cut by a kill)
     state = max([TrainState.from_state_dict(step), TrainState.from_state_dict(seal or {})], key=lambda t: t.iteration)
     done = run.read_done() is not None
-    price, currency = price_from_env()
     return {
         "run": run.name,
         "iteration": state.iteration,
@@ -46,7 +37,7 @@ def run_status(run_dir: Path) -> dict[str, Any]:
         "eta_s": 0.0 if done else step.get("eta_s"),
         "energy_j": state.energy_j,
         "energy_kwh": state.energy_j / 3.6e6,
-        "cost": round(state.energy_j / 3.6e6 * price, 4),
+        "cost": round(state.energy_j / 3.6e6 * price_per_kwh, 4),
         "currency": currency,
         "restarts": state.restarts,
         "skipped_steps": state.skipped_steps,

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def already_done(run: RunDir, max_iters: int) -> bool:
 def run_loop(s: Session) -> int:
     """Step until max_iters, a signal or the time window; returns the exit code."""
     cfg, st = s.cfg, s.state
-    limit = deadline(cfg.max_runtime, cfg.stop_at, time.time())
+    limit = time_window(s)
     s.energy_since_mark()
     s.model.train()
     with StopFlag() as stop:
@@ -139,6 +140,16 @@ def run_loop(s: Session) -> int:
                 return EXIT_STOPPED
     finish(s)
     return EXIT_DONE
+
+
+def time_window(s: Session) -> tuple[float, str] | None:
+    """When this start must stop (max_runtime, stop_at), said once with the time zone it was read in."""
+    limit = deadline(s.cfg.max_runtime, s.cfg.stop_at, time.time())
+    if limit:
+        at = datetime.fromtimestamp(limit[0]).astimezone().isoformat(timespec="seconds")
+        print(f"stopping at {at} ({limit[1]}, local time zone {time.strftime('%Z')})", flush=True)
+        s.log.write("window", stop_at=at, reason=limit[1])
+    return limit
 
 
 def train_step(s: Session, lr: float) -> tuple[float, float, bool]:

@@ -117,7 +117,7 @@ case $launcher in
     if [[ ! -x $py ]]; then say "error: no python at $py; run 'make setup' or set JOB_PYTHON"; exit 2; fi
     cmd=("$py" -m job train --run "$run" --out-dir "$out_dir") ;;
   docker)
-    port=${JOB_METRICS_PORT:-9100}
+    port=${JOB_METRICS_PORT:-9838}
     data_root=${JOB_DATA_ROOT:-data}
     hf_cache=${HF_HOME:-$HOME/.cache/huggingface}
     mkdir -p "$data_root" "$out_dir" "$hf_cache"   # else docker creates them owned by root

@@ -9,7 +9,7 @@ import urllib.request
 
 
 def main() -> int:
-    port = os.environ.get("JOB_METRICS_PORT", "9100")
+    port = os.environ.get("JOB_METRICS_PORT", "9838")
     if port == "0":  # metrics turned off: nothing to probe, so the container counts as healthy
         return 0
     try:

@@ -126,15 +126,23 @@ def dockerignored(path: str, rules: list[str]) -> bool:
     return excluded
 
 
+def image_command(*args: str) -> list[str]:
+    """The image's ENTRYPOINT + CMD (or + args) as this machine runs it: the same tini in front,
+    this interpreter for the image's python."""
+    cmd = exec_form("ENTRYPOINT") + (list(args) or exec_form("CMD"))
+    assert cmd[:3] == ["/usr/bin/tini", "--", "python"], cmd
+    tini = shutil.which("tini")
+    assert tini, "tini not found: apt-get install -y tini (.ci/run does this)"
+    return [tini, "--", sys.executable, *cmd[3:]]
+
+
 # ---- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run trained once, uninterrupted, by the image's own ENTRYPOINT + CMD."""
     work = tmp_path_factory.mktemp("ref")
-    cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
-    assert cmd[0] == "python"
-    res = subprocess.run([sys.executable, *cmd[1:]], env=tiny_env(shakespeare, work), cwd=work,
+    res = subprocess.run(image_command(), env=tiny_env(shakespeare, work), cwd=work,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return work / "runs" / RUN
@@ -175,11 +183,24 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
 
 def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
-    assert cmd == ["python", "-m", "job", "train"]
-    res = subprocess.run([sys.executable, *cmd[1:], "--help"], env=job_env(), capture_output=True, text=True)
+    assert cmd == ["/usr/bin/tini", "--", "python", "-m", "job", "train"]
+    res = subprocess.run(image_command("train", "--help"), env=job_env(), capture_output=True, text=True)
     assert res.returncode == 0 and "--max-runtime" in res.stdout and "--stop-at" in res.stdout
     done = json.loads((reference / "DONE").read_text())  # the real short run, by that command
     assert done["iteration"] == MAX_ITERS
+
+
+def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Path, tmp_path: Path) -> None:
+    """What `docker stop` does without --init (RunPod, vast.ai, Kubernetes): SIGTERM to PID 1."""
+    run_dir = tmp_path / "runs" / RUN
+    proc = subprocess.Popen(image_command(), env=tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000"),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    proc.send_signal(signal.SIGTERM)  # to tini, not to python
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    stop = [e for e in read_log(run_dir) if e["event"] == "stop"][-1]
+    assert sealed_iterations(run_dir)[-1] == stop["iteration"]
 
 
 def test_healthcheck_probes_the_metrics_endpoint() -> None:
