@@ -36,8 +36,9 @@ from job.state import TrainState
 
 # Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation). About
 # 10% apart where real runs sit: an H100's 0.5-1 s step and a 4070's 3-3.5 s (the scenario's).
-STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1, 1.1, 1.25,
-                1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5, 5, 6, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1,
+                1.1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5, 5, 6, 7.5, 10, 15, 20, 30, 45, 60,
+                120, 300)
 CKPT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 # NVML's clock-event (throttle) reason bits, by the name the dashboard shows.

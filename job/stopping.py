@@ -34,10 +34,12 @@ def stop_before_work() -> None:
         signal.signal(sig, _raise_stopped)
 
 
-def ignore_stops() -> None:
-    """For worker processes: the parent decides when to stop, and ends them."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+def worker_signals() -> None:
+    """For worker processes (forked with the parent's handlers): Ctrl-C, which the terminal sends to
+    the whole group, is the parent's to act on; SIGTERM keeps its default, so the pool's own
+    terminate() (which sends it) still ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class StopFlag:

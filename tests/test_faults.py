@@ -297,3 +297,27 @@ def test_sigterm_during_prepare_exits_75_and_the_rerun_gives_the_same_shards(aft
     assert run_job(["prepare", "--out", str(out)], cwd=ROOT, env=job_env()).returncode == 0
     for name in ("train_000000.bin", "val_000000.bin"):
         assert sha256_file(out / name) == sha256_file(shakespeare / name)
+
+
+def test_sigterm_during_a_parallel_prepare_exits_75_and_the_rerun_gives_the_same_shards(tmp_path: Path):
+    from job.data.shakespeare import documents
+
+    source = tmp_path / "plays.jsonl"
+    plays = [text for _, text in documents()]
+    source.write_text("".join(json.dumps({"text": t[i:i + 4000]}) + "\n"
+                              for t in plays for i in range(0, len(t), 4000)))
+    args = ["prepare", "--source", str(source), "--workers", "2", "--shard-tokens", "200k", "--val-tokens", "100k"]
+    assert run_job([*args, "--out", str(tmp_path / "whole")], cwd=ROOT, env=job_env()).returncode == 0
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "job", *args, "--out", str(out)], cwd=ROOT, env=job_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: out.is_dir() and any(out.glob("*.bin")) or proc.poll() is not None)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (75, 0), err  # 0: it finished before the signal landed
+    assert "Traceback" not in err
+    assert run_job([*args, "--out", str(out)], cwd=ROOT, env=job_env()).returncode == 0
+    whole = sorted(p.name for p in (tmp_path / "whole").glob("*.bin"))
+    assert sorted(p.name for p in out.glob("*.bin")) == whole and len(whole) > 3
+    for name in whole:
+        assert sha256_file(out / name) == sha256_file(tmp_path / "whole" / name)

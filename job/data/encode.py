@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from job.data.sources import Document
-from job.stopping import ignore_stops
+from job.stopping import worker_signals
 from job.tokenizer import EOT, get_encoding
 
 BATCH_CHARS = 1 << 20  # ~1 MiB of text per task: big enough to amortise IPC, small enough to stream
@@ -71,7 +71,7 @@ def batches(docs: Iterable[Document], chars: int = BATCH_CHARS) -> Iterator[tupl
 
 
 def _warm() -> None:
-    ignore_stops()  # a SIGTERM to the whole group stops the parent, which ends the pool
+    worker_signals()
     get_encoding()
 
 
