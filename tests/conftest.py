@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,24 @@ def shakespeare(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def small_env(shakespeare: Path, tmp_path: Path) -> dict[str, str]:
     return job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path / "runs"))
+
+
+def train_small_reference(shakespeare: Path, out: Path, run: str) -> Path:
+    """SMALL trained once without interruption: what an interrupted run must end up equal to."""
+    res = run_job(["train", "--run", run], cwd=ROOT, env=job_env(**SMALL, JOB_DATA=str(shakespeare),
+                                                                 JOB_OUT_DIR=str(out)))
+    assert res.returncode == 0, res.stderr
+    return out / run
+
+
+def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
+    """Poll until predicate() holds; fail the test after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s")
 
 
 def read_log(run_dir: Path) -> list[dict]:

@@ -22,7 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job, start_job
+from conftest import (
+    ROOT,
+    assert_states_equal,
+    final_state,
+    job_env,
+    read_log,
+    run_job,
+    start_job,
+    train_small_reference,
+    wait_for,
+)
 
 from job import checkpoint
 from job.config import resolve
@@ -37,12 +47,8 @@ RUN = "f"
 
 @pytest.fixture(scope="module")
 def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SMALL trained once without a fault (read-only)."""
-    out = tmp_path_factory.mktemp("ref")
-    env = job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(out))
-    res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
-    assert res.returncode == 0, res.stderr
-    return out / RUN
+    """The same config trained once without interruption (read-only: copy it to change it)."""
+    return train_small_reference(shakespeare, tmp_path_factory.mktemp("ref"), RUN)
 
 
 def one_error_line(res: subprocess.CompletedProcess, code: int) -> str:
@@ -73,15 +79,6 @@ def with_file_size_limit(limit: int):
 def run_limited(args: list[str], env: dict, limit: int, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, preexec_fn=with_file_size_limit(limit))
-
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError("timed out")
 
 
 # ---- NaN -----------------------------------------------------------------------------------------

@@ -10,7 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job, start_job
+from conftest import (
+    ROOT,
+    assert_states_equal,
+    final_state,
+    read_log,
+    run_job,
+    start_job,
+    train_small_reference,
+    wait_for,
+)
 
 RUN = "r"
 
@@ -26,11 +35,7 @@ def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:
 @pytest.fixture(scope="module")
 def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config trained once without interruption (read-only: copy it to change it)."""
-    out = tmp_path_factory.mktemp("ref")
-    env = job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(out))
-    res = run_job(["train", "--run", RUN], cwd=ROOT, env=env)
-    assert res.returncode == 0, res.stderr
-    return out / RUN
+    return train_small_reference(shakespeare, tmp_path_factory.mktemp("ref"), RUN)
 
 
 def copy_of(reference: Path, small_env: dict[str, str]) -> Path:
@@ -162,15 +167,6 @@ def test_resume_with_other_shape_is_refused_and_fresh_starts_over(small_env, ref
     assert len(archived) == 1 and (archived[0] / "ckpt").is_dir(), "the old run must be kept"
     assert "starting" in res.stdout
     assert final_state(run_dir)["config"]["n_embd"] == 64
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting")
 
 
 def test_a_second_train_on_the_same_run_exits_2_and_touches_nothing(small_env, reference):
