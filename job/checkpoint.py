@@ -7,6 +7,11 @@ file. Both are written atomically (job/fileio.py); the seal goes last, so a chec
 matching seal was never finished. Loading walks from the newest down and takes the first one whose
 seal matches. What a checkpoint holds is defined once, in `snapshot` and `restore`.
 
+An imported checkpoint (`job import-nanogpt`) has the same layout with an empty data fingerprint
+and no optimizer moments: weights made elsewhere, with no data order, optimizer or RNG stream of
+a run here to continue. Restoring one loads the weights and leaves the optimizer fresh, so
+training on it starts AdamW anew on whatever data is configured.
+
 torch is imported where it is used, so that reading seals (`job status`) stays light.
 """
 
@@ -62,10 +67,19 @@ def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: A
     }
 
 
+def is_imported(saved: dict[str, Any]) -> bool:
+    """Weights made elsewhere: no data fingerprint, nothing of a training run here to continue."""
+    return not saved.get("data_fingerprint")
+
+
 def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
             device: torch.device) -> TrainState:
-    """Put a snapshot back; every RNG stream last, so nothing drawn in between shifts them."""
+    """Put a snapshot back; every RNG stream last, so nothing drawn in between shifts them. An
+    imported one puts back the weights and its counters only, and empties the optimizer's state."""
     model.load_state_dict(saved["model"])
+    if is_imported(saved):
+        optimizer.state.clear()
+        return TrainState.from_state_dict(saved)
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"], device)

@@ -215,6 +215,11 @@ def status(
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="Another checkpoint than the newest whole one: an "  # noqa: UP045
+                                 "iteration (400) or a path.")
+JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
+
+
 @app.command()
 @guarded
 def sample(
@@ -222,18 +227,134 @@ def sample(
     out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
     prompt: str = typer.Option("\n", help="Text to continue."),
     tokens: int = typer.Option(200, min=1, help="How many tokens to generate."),
-    temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder."),
+    temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder; 0 is greedy."),
     top_k: int = typer.Option(200, min=0, help="Sample among the k likeliest tokens (0 = all)."),
     seed: int = typer.Option(1337, help="Same seed, same text."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
+    as_json: bool = typer.Option(False, "--json", help="No streaming: one JSON object at the end (text and ids)."),
 ) -> None:
-    """Generate text from a run's newest checkpoint.
+    """Generate text from a run's newest checkpoint, printed token by token as it is made.
 
-    Example: job sample tiny --prompt "ROMEO:" --tokens 300
+    Examples: job sample tiny --prompt "ROMEO:" --tokens 300; job sample tiny --temperature 0 --json
     """
-    from job.sample import generate_text
+    from job.sample import generate
 
-    typer.echo(generate_text(settings_for(run, out_dir).run_dir, prompt, tokens, temperature, top_k, seed, device))
+    run_dir = settings_for(run, out_dir).run_dir
+    if as_json:
+        typer.echo(json.dumps(generate(run_dir, prompt, tokens, temperature, top_k, seed, device, checkpoint)))
+        return
+    started = False
+
+    def show(piece: str) -> None:
+        nonlocal started
+        if not started:  # the prompt once the model is loaded, so an error is not preceded by it
+            sys.stdout.write(prompt)
+            started = True
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    generate(run_dir, prompt, tokens, temperature, top_k, seed, device, checkpoint, on_text=show)
+    sys.stdout.write("" if started else prompt)
+    typer.echo("")
+
+
+@app.command()
+@guarded
+def export(
+    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    out: Path = typer.Option(..., "--out", help="The directory to create (new, or empty)."),
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A checkpoint as a Hugging Face GPT-2 directory: config.json, model.safetensors,
+    generation_config.json and GPT-2's tokenizer files (no download).
+
+    Examples: job export tiny --out hf/tiny; job export night --checkpoint 4000 --out hf/night-4000
+    """
+    from job.export import export as write_export
+    from job.export import render
+
+    result = write_export(settings_for(run, out_dir).run_dir, out, checkpoint)
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result))
+
+
+@app.command("import-nanogpt")
+@guarded
+def import_nanogpt(
+    ckpt: Path = typer.Argument(..., help="A nanoGPT ckpt.pt (as nanoGPT's train.py writes it)."),
+    run: str = typer.Option(..., "--run", help="The new run's name (a directory under --out-dir)."),
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """A nanoGPT checkpoint as a new run that sample, eval, export and train accept. Training it
+    starts a fresh optimizer (from iteration 0, with warmup) on the data you give it.
+
+    Examples: job import-nanogpt out/ckpt.pt --run from-nanogpt; then job sample from-nanogpt, or
+    job train --run from-nanogpt --data fineweb-edu (with the model flags it prints)
+    """
+    from job.nanogpt import import_nanogpt as do_import
+    from job.rundir import RunDir
+
+    cfg = settings_for(run, out_dir)
+    target = RunDir(cfg.run_dir)
+    with target.lock():
+        result = do_import(ckpt, target, Path(cfg.out_dir))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"imported {ckpt} (nanoGPT iteration {result['iter_num']}, best val loss {result['best_val_loss']}) "
+               f"as run '{run}': {result['params'] / 1e6:.2f}M params, {result['checkpoint']}\n"
+               f"train it on: job train {result['train_flags']} --data DATASET --max-iters N")
+
+
+@app.command("eval")
+@guarded
+def eval_(
+    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
+    tokens: Optional[str] = typer.Option(None, help="Val tokens to score, from the split's start, e.g. 1M "  # noqa: UP045
+                                         "[default: the whole val split]."),
+    val: bool = typer.Option(True, help="Score the val split (--no-val: HellaSwag only)."),
+    data: Optional[str] = typer.Option(None, help="Dataset to take val from [default: the run's]."),  # noqa: UP045
+    batch_size: Optional[str] = typer.Option(None, help="Sequences per batch [default: the run's]."),  # noqa: UP045
+    hellaswag: Optional[Path] = typer.Option(None, help="A local HellaSwag .jsonl (ctx, endings, label)."),  # noqa: UP045
+    limit: Optional[str] = typer.Option(None, help="Score only the first N HellaSwag examples."),  # noqa: UP045
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Val loss and perplexity on the prepared val split, and HellaSwag accuracy (acc_norm: mean
+    log-prob per ending token) from a local file.
+
+    Examples: job eval tiny; job eval night --tokens 10M --hellaswag data/hellaswag_val.jsonl --json
+    """
+    from job.scores import render, run_eval
+    from job.units import parse_count
+
+    result = run_eval(settings_for(run, out_dir).run_dir, checkpoint, data, parse_count(tokens, "--tokens"),
+                      parse_count(batch_size, "--batch-size"), hellaswag, parse_count(limit, "--limit"), val, device)
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result))
+
+
+@app.command()
+@guarded
+def report(
+    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    out: Optional[Path] = typer.Option(None, "--out", help="The PNG to write [default: runs/<run>/report.png]."),  # noqa: UP045
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """The run as a picture (loss against tokens; tokens/s, MFU, power and energy over time;
+    restarts and stops marked) and a text summary. Works while the run is going.
+
+    Examples: job report tiny; job report night --out night.png --json
+    """
+    from job.report import make_report, render
+
+    result = make_report(settings_for(run, out_dir), out)
+    typer.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
 def main() -> None:

@@ -89,6 +89,26 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A new directory to fill (with the functions here); it appears at `path` only if the block
+    finishes, renamed into place whole. `path` must not exist or be empty; on an exception the
+    temporary directory is removed and `path` left as it was."""
+    tmp = temp_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        os.replace(tmp, path)  # an empty directory at `path` is replaced; a non-empty one refuses (ENOTEMPTY)
+        fsync_dir(path.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(path, e) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     with atomic_open(path) as f:
         f.write(payload)

@@ -8,7 +8,7 @@ token embedding tied to the output head.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -156,7 +156,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The final LayerNorm's output at every position: what the head turns into logits."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size={self.cfg.block_size}")
@@ -164,7 +165,14 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits at every position, (batch, T, vocab_size): for scoring text (HellaSwag, export checks)."""
+        return self.lm_head(self.hidden(idx))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        x = self.hidden(idx)
         if targets is None:  # generation needs only the last position's logits
             return self.lm_head(x[:, [-1], :]), None
         if self.cfg.loss_chunk:
@@ -187,22 +195,34 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None,
-                 n_vocab: int | None = None) -> torch.Tensor:
-        """Sample max_new_tokens; n_vocab masks the padding ids that no tokenizer can decode."""
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, generator: torch.Generator | None = None,
+               n_vocab: int | None = None) -> Iterator[torch.Tensor]:
+        """Yield each new token, (batch, 1), as soon as it is chosen. n_vocab masks the padding ids
+        that no tokenizer can decode; temperature 0 is greedy (the likeliest token, no sampling)."""
         for _ in range(max_new_tokens):
             context = idx[:, -self.cfg.block_size:]
             logits, _ = self(context)
-            logits = logits[:, -1, :].float() / max(temperature, 1e-6)
+            logits = logits[:, -1, :].float()
             if n_vocab:
                 logits[:, n_vocab:] = -float("inf")
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits[logits < kth] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
-        return idx
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits[logits < kth] = -float("inf")
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat((idx, nxt), dim=1)
+            yield nxt
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 n_vocab: int | None = None) -> torch.Tensor:
+        """The prompt and max_new_tokens more, all at once (see stream)."""
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, generator, n_vocab))
+        return torch.cat([idx, *new], dim=1)
 
 
 def build_model(settings: Mapping[str, Any]) -> GPT:

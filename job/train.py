@@ -26,6 +26,7 @@ from job.data.dataset import Dataset, open_dataset
 from job.data.loader import TrainLoader, val_batches
 from job.device import Precision, pick_device, pick_precision, to_device
 from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
+from job.evaluate import evaluate
 from job.fileio import clean_temporaries
 from job.flops import flops_per_token, forecast
 from job.gpus import Card, card_for, peak_flops
@@ -246,7 +247,7 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     if resumed:
         (saved, resumed_from), resumed = resumed, None
         state = checkpoint.restore(saved, model, optimizer, scaler, device)
-        state.restarts += 1
+        state.restarts += not checkpoint.is_imported(saved)  # the first start on imported weights is no restart
         del saved  # a big model's state: free it before the loop allocates
     loader.state = state.loader  # one position: the loader advances it, checkpoints save it
     card = card_for(device)
@@ -261,10 +262,12 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
 
 
 def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) -> None:
-    """A checkpoint of another model shape, seed or dataset cannot be continued faithfully."""
-    old = saved["config"]
-    diffs = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in SHAPE_KEYS if old.get(k) != getattr(cfg, k)]
-    if saved["data_fingerprint"] != fingerprint:
+    """A checkpoint of another model shape, seed or dataset cannot be continued faithfully. An
+    imported one (job import-nanogpt) has no data order to keep: only the model's shape must match."""
+    old, imported = saved["config"], checkpoint.is_imported(saved)
+    keys = [k for k in SHAPE_KEYS if not (imported and k == "seed")]
+    diffs = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
+    if not imported and saved["data_fingerprint"] != fingerprint:
         diffs.append(f"data {old.get('data')!r} (fingerprint {saved['data_fingerprint']}) -> {cfg.data!r} "
                      f"({fingerprint})")
     if diffs:
@@ -305,19 +308,6 @@ def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: 
         step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / s.peak if s.peak else None,
         eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=skipped,
     )
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[np.ndarray], prec: Precision) -> float:
-    model.eval()
-    total = 0.0
-    for rows in batches:
-        x, y = to_device(rows, prec.device)
-        with prec.autocast():
-            _, loss = model(x, y)
-        total += loss.item()
-    model.train()
-    return total / len(batches)
 
 
 def log_step(s: Session, i: StepInfo) -> None:

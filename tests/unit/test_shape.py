@@ -25,6 +25,9 @@ def modules_loaded_by(module: str) -> set[str]:
     ("job.status", {"job.train", "torch"}),  # status reads files only, and starts in a blink
     ("job.train", {"job.plan", "job.data.prepare", "job.metrics"}),
     ("job.checkpoint", {"torch", "job.train"}),  # seals are read without torch
+    ("job.report", {"job.train", "torch"}),  # drawn from the run's files, while it trains
+    ("job.evaluate", {"job.train"}),  # the loop's val loss, shared with `job eval`
+    *[(m, {"job.train"}) for m in ("job.scores", "job.export", "job.nanogpt", "job.sample", "job.weights")],
 ])
 def test_dependencies_point_down(module: str, must_not_load: set[str]):
     assert not modules_loaded_by(module) & must_not_load

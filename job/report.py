@@ -1,0 +1,124 @@
+"""`job report`: the night as a picture and a paragraph, from the run's files alone (log.jsonl and
+the checkpoint seals; no torch, no GPU), so it works while the run is still going.
+
+The picture shows the history the run's newest state embodies: steps redone after a crash or a
+roll-back replace the ones they redo (a log holds both), so each curve has one point per
+iteration. Restarts and early stops are marked on every panel. Loss is drawn against tokens
+(comparable across batch sizes); throughput, MFU, power and energy against hours of training
+(the checkpointed wall time, so the nights join up without the gaps between them). The summary's
+figures are `job status`'s own (job/status.py), plus the checkpoint with the lowest val loss.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job import checkpoint
+from job.config import Config
+from job.fileio import atomic_write_bytes
+from job.rundir import RunDir
+from job.status import run_status
+from job.units import human_count, human_duration
+
+MARKS = {"resume": ("restart", "tab:green"), "stop": ("stop", "tab:red"), "rollback": ("roll-back", "tab:orange"),
+         "import": ("import", "tab:purple")}
+
+
+@dataclass
+class Timeline:
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one per iteration logged, oldest first
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[tuple[str, int]] = field(default_factory=list)  # (event, iteration)
+
+    def column(self, key: str, rows: list[dict[str, Any]] | None = None) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else r[key] for r in (self.steps if rows is None else rows)],
+                        dtype=float)
+
+    def keep_until(self, iteration: int) -> None:
+        """Forget the steps and evals from `iteration` on: they are being redone."""
+        self.steps = [r for r in self.steps if r["iteration"] < iteration]
+        self.evals = [r for r in self.evals if r["iteration"] < iteration]
+
+    def at(self, iterations: np.ndarray | list[int], key: str) -> np.ndarray:
+        """`key` (tokens, elapsed_s) at these iterations, interpolated between logged steps."""
+        its = self.column("iteration")
+        if its.size == 0:
+            return np.full(len(iterations), np.nan)
+        return np.interp(np.asarray(iterations, dtype=float), np.concatenate([[0.0], its]),
+                         np.concatenate([[0.0], self.column(key)]))
+
+
+def timeline(records: list[dict[str, Any]]) -> Timeline:
+    """The log's records as the newest state's history: a step record at or before one already
+    kept means the steps after it were redone (resumed from a checkpoint, or rolled back)."""
+    t = Timeline()
+    for rec in records:
+        event, it = rec.get("event"), rec.get("iteration")
+        if not isinstance(it, int):
+            continue
+        if event == "resume":  # back to the checkpoint's iteration: what was logged after it was lost
+            t.keep_until(it + 1)
+        if event in ("step", "eval") and t.steps and it <= t.steps[-1]["iteration"]:
+            t.keep_until(it)  # a step redone (an eval is logged just before its step's record)
+        if event == "step":
+            t.steps.append(rec)
+        elif event == "eval" and rec.get("val_loss") is not None:
+            t.evals.append(rec)
+        if event in MARKS:
+            t.marks.append((event, it))
+    return t
+
+
+def best_checkpoint(run: RunDir) -> dict[str, Any] | None:
+    """The kept checkpoint with the lowest val loss, from the seals (no checkpoint is read)."""
+    seals = [s for p in checkpoint.list_checkpoints(run.ckpt) if (s := checkpoint.read_seal(p))]
+    scored = [s for s in seals if s.get("val_loss") is not None]
+    best = min(scored, key=lambda s: s["val_loss"], default=None)
+    return {"path": str(run.ckpt / best["file"]), "iteration": best["iteration"], "val_loss": best["val_loss"]} \
+        if best else None
+
+
+def summary(run_dir: Path, t: Timeline, price_per_kwh: float, currency: str) -> dict[str, Any]:
+    """`job status`'s figures, in hours and kWh as well, and the best checkpoint."""
+    st = run_status(run_dir, price_per_kwh, currency)
+    best = best_checkpoint(RunDir(run_dir))
+    return {**st, "hours": st["elapsed_s"] / 3600, "stops": sum(1 for e, _ in t.marks if e == "stop"),
+            "best_checkpoint": best["path"] if best else None, "best_val_loss": best["val_loss"] if best else None,
+            "best_iteration": best["iteration"] if best else None}
+
+
+def render(s: dict[str, Any]) -> str:
+    def f(v: Any, spec: str = ".4f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    state = "done" if s["done"] else "in progress"
+    return "\n".join([
+        f"run '{s['run']}' ({state}): iteration {s['iteration']:,} of {s['max_iters']:,}, "
+        f"{human_count(s['tokens'])} tokens in {s['hours']:.2f} hours of training ({human_duration(s['elapsed_s'])})",
+        f"energy {s['energy_kwh']:.3f} kWh, cost {s['cost']:.2f} {s['currency']}; {s['restarts']} restarts, "
+        f"{s['stops']} early stops, {s['rollbacks']} roll-backs",
+        f"final loss: train {f(s['train_loss'])}, val {f(s['val_loss'])}; best checkpoint "
+        f"{s['best_checkpoint'] or '-'} (val {f(s['best_val_loss'])})",
+        f"picture: {s['png']}",
+    ])
+
+
+def make_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
+    """Draw the PNG (default runs/<run>/report.png, written atomically) and return the summary;
+    the price per kWh is the one `job status` uses (cfg's)."""
+    from job.plot import draw
+
+    run_dir = cfg.run_dir
+    run = RunDir(run_dir)
+    t = timeline(run.records())
+    s = summary(run_dir, t, cfg.price_per_kwh, cfg.currency)
+    png = out or run.report_path
+    buf = io.BytesIO()
+    draw(t, s, buf)
+    atomic_write_bytes(png, buf.getvalue())
+    return {**s, "png": str(png)}
