@@ -62,3 +62,36 @@ print(f"power > 0: {all(p > 0 for p in power) and bool(power)}; energy rising: {
 PYEND
 kill -TERM "$train_pid"; wait "$train_pid" || true
 "$PY" -m job status gpu-check --out-dir "$out" --json | grep -E '"(iteration|energy_j|energy_kwh)"'
+
+# Issue 13's GPU check: `job train` under torchrun on NCCL (it cannot run on the CPU-only CI). One
+# process still takes the whole DDP path: NCCL process group, DDP wrapper, the step's all-reduce,
+# rank 0 handing the checkpoint to every rank. Then, with 2+ GPUs, `job train --nproc N` against
+# one process on the same global batch (losses within 1e-3: bf16, and another reduction order).
+out=$(mktemp -d)
+JOB_RUN=nccl1 JOB_OUT_DIR="$out" "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m job train \
+  --preset tiny --device cuda --max-iters 40 --grad-accum 4 --log-interval 1 --metrics-port 0 > "$out/nccl1.log" 2>&1
+grep -E "DDP, cuda|^done:" "$out/nccl1.log"
+"$PY" - "$out/nccl1/log.jsonl" <<'PYEND'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+start = next(r for r in recs if r["event"] == "start")
+assert start["world_size"] == 1 and start["device"].startswith("cuda"), start
+print(f"nccl, 1 process: {sum(r['event'] == 'step' for r in recs)} steps logged, world_size {start['world_size']}")
+PYEND
+gpus=$(nvidia-smi -L | wc -l)
+if (( gpus >= 2 )); then
+  "$PY" -m job train --run one --out-dir "$out" --preset tiny --device cuda --max-iters 40 --grad-accum 4 --log-interval 1 \
+    --metrics-port 0 > "$out/one.log" 2>&1
+  "$PY" -m job train --run many --out-dir "$out" --preset tiny --device cuda --max-iters 40 --grad-accum 4 --log-interval 1 \
+    --metrics-port 0 --nproc 2 > "$out/many.log" 2>&1
+  "$PY" - "$out" <<'PYEND'
+import json, sys
+def losses(run):
+    return {r["iteration"]: r["train_loss"] for r in map(json.loads, open(f"{sys.argv[1]}/{run}/log.jsonl"))
+            if r["event"] == "step"}
+a, b = losses("one"), losses("many")
+worst = max(abs(a[i] - b[i]) / abs(a[i]) for i in a)
+print(f"nccl, 2 processes vs 1: worst relative loss difference {worst:.2e} over {len(a)} steps")
+assert worst < 1e-3
+PYEND
+fi
