@@ -5,6 +5,9 @@
 #     -v "$HOME/.cache/huggingface:/home/job/.cache/huggingface" -v /etc/localtime:/etc/localtime:ro \
 #     -p 127.0.0.1:9838:9838 job:latest train --max-iters 200
 #
+# Several GPUs: -e JOB_NPROC=8 --shm-size 1g (NCCL's shared memory); `job train` then starts torchrun
+# itself, one process per GPU, inside the container (README, "Several GPUs and machines").
+#
 # tini is the entrypoint (PID 1), so SIGTERM from `docker stop`, Kubernetes or a RunPod/vast.ai
 # template reaches Python (which checkpoints and exits 75) without `--init`, and torch.compile's
 # worker processes get reaped. Give `docker stop` time to finish the step and write the

@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 RUN    ?=
 ARGS   ?=
 run_flag = $(if $(RUN),--run $(RUN))
+# NPROC: processes (GPUs) on this machine; above 1 `job train` runs them under torchrun (DDP).
+NPROC  ?=
+nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train sample status test test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
@@ -25,8 +28,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP) ## Create or update the venv in .venv (idempotent)
 
-train: setup ## Prepare the embedded corpus if needed, train (or resume) and print a sample
-	$(BIN)/python -m job train $(run_flag) $(ARGS)
+train: setup ## Prepare the embedded corpus if needed, train (or resume; NPROC=8: on 8 GPUs) and print a sample
+	$(BIN)/python -m job train $(run_flag) $(nproc_flag) $(ARGS)
 	$(BIN)/python -m job sample $(RUN) --tokens 200
 
 sample: setup ## Print text from the newest checkpoint of RUN
@@ -97,13 +100,13 @@ docker-build: ## Build the CUDA image (IMAGE=job:latest, CUDA=cu130|cu126), owne
 	docker build --build-arg UID=$$(id -u) --build-arg GID=$$(id -g) \
 	  $(if $(CUDA),--build-arg TORCH_CUDA=$(CUDA) --build-arg CUDA_IMAGE=$(CUDA_IMAGE_$(CUDA))) -t $(IMAGE) .
 
-docker-train: ## Train in the container on all GPUs; metrics on 127.0.0.1:PORT; ARGS pass through
+docker-train: ## Train in the container (NPROC=8: one process per GPU); metrics on 127.0.0.1:PORT; ARGS pass through
 	mkdir -p data runs $(HF_CACHE)
-	docker run --rm --gpus all --stop-timeout 120 --name job-$(or $(RUN),train) \
+	docker run --rm --gpus all --shm-size 1g --stop-timeout 120 --name job-$(or $(RUN),train) \
 	  $(if $(wildcard $(ENV_FILE)),--env-file $(ENV_FILE)) \
 	  -v $(CURDIR)/data:/app/data -v $(CURDIR)/runs:/app/runs \
 	  -v $(HF_CACHE):/home/job/.cache/huggingface -v /etc/localtime:/etc/localtime:ro \
-	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) \
+	  -p 127.0.0.1:$(PORT):$(PORT) -e JOB_METRICS_PORT=$(PORT) $(if $(NPROC),-e JOB_NPROC=$(NPROC)) \
 	  $(foreach v,$(filter JOB_% HF_TOKEN,$(.VARIABLES)),-e $(v)) \
 	  $(IMAGE) train $(run_flag) $(ARGS)
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
 PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -51,8 +52,14 @@ def read_seal(path: Path) -> dict[str, Any] | None:
 
 
 def strip_compile_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    """torch.compile wraps the model and prefixes every key with `_orig_mod.`; never save that."""
-    return {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    """torch.compile wraps the model and prefixes every key with `_orig_mod.`, DDP with `module.`;
+    never save either (the loop saves the bare model's state, so this is a safety net)."""
+    def bare(key: str) -> str:
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        return key
+
+    return {bare(k): v for k, v in state.items()}
 
 
 def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, state: TrainState,

@@ -5,18 +5,22 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from job.config import Config, resolve
 from job.errors import ENDINGS, EXIT_INTERRUPTED, Stopped
 from job.stopping import stop_before_work
+
+if TYPE_CHECKING:
+    from job.dist import World
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -42,14 +46,18 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The one place a command ends early: one line on stderr and the exit code of its kind
-    (job/errors.py: 2 bad input, 1 failed, 75 stopped), never a traceback."""
+    (job/errors.py: 2 bad input, 1 failed, 75 stopped), never a traceback. Under torchrun every
+    rank ends the same way (job/dist.py) and rank 0 alone says so."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ENDINGS as e:
-            typer.echo(f"{'stopped' if isinstance(e, Stopped) else 'error'}: {e}", err=True)
-            raise typer.Exit(e.exit_code) from None
+            from job import dist
+
+            if dist.speaks():
+                typer.echo(f"{'stopped' if isinstance(e, Stopped) else 'error'}: {e}", err=True)
+            raise typer.Exit(dist.exit_code(e.exit_code)) from None
     return wrapper
 
 
@@ -150,26 +158,46 @@ def train(
     verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the manifest before training."),
 ) -> None:
     """Train, or resume where the run stopped. Exit 0 done, 75 stopped with a checkpoint
-    (resume later), 1 failed, 2 bad settings.
+    (resume later), 1 failed, 2 bad settings. With --nproc N (or --nnodes), the same under torchrun
+    on N processes, one per GPU; `torchrun ... -m job train` works too.
 
-    Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train
+    Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train;
+    job train --preset gpt2-124m --nproc 8
     """
+    from job import dist, launch
+
+    if launch.wanted(cfg):  # several processes asked for: this one starts them under torchrun
+        raise typer.Exit(launch.launch(cfg, fresh, verify))
+    with dist.joined(cfg) as world:  # under torchrun: one rank of the job; else the only process
+        code = train_here(cfg, fresh, verify, world)
+    raise typer.Exit(dist.exit_code(code))
+
+
+def train_here(cfg: Config, fresh: bool, verify: bool, world: World) -> int:
+    """This process's part of `job train`: the run's lock and files are rank 0's (the only
+    process's), the metrics each machine's (job/metrics.py), the training every rank's."""
+    from job import dist
     from job.metrics import monitoring
     from job.rundir import RunDir
     from job.train import already_done
     from job.train import train as run_train
 
     run = RunDir(cfg.run_dir)
-    if not fresh and already_done(run, cfg.max_iters):  # writes nothing, not even the lock
-        raise typer.Exit(0)
+    # a restart by torchrun's agent resumes the run its first attempt started afresh
+    fresh = fresh and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if dist.from_rank0(lambda: not fresh and already_done(run, cfg.max_iters)):  # writes nothing, not even the lock
+        return 0
     with ExitStack() as owned:
-        owned.enter_context(run.lock())  # first: a second `job train` on this run touches nothing
-        if fresh and run.has_history():
-            typer.echo(f"--fresh: moved the old run to {run.archive()}")
-            owned.enter_context(run.lock())  # the new directory's lock, before the old one is let go
-        with monitoring(cfg) as hooks:  # Prometheus metrics on metrics_addr:metrics_port while it runs
-            code = run_train(cfg, hooks, verify)
-    raise typer.Exit(code)
+        def own() -> None:
+            owned.enter_context(run.lock())  # first: a second `job train` on this run touches nothing
+            if fresh and run.has_history():
+                typer.echo(f"--fresh: moved the old run to {run.archive()}")
+                owned.enter_context(run.lock())  # the new directory's lock, before the old one is let go
+
+        dist.from_rank0(own)
+        # Prometheus metrics on metrics_addr:metrics_port while it runs
+        hooks = dist.agreed(lambda: owned.enter_context(monitoring(cfg, world)))
+        return run_train(cfg, hooks, verify)
 
 
 @app.command()
@@ -183,17 +211,19 @@ def plan(
     mfu: str = typer.Option("0.3,0.4,0.5", help="MFU fractions in (0, 1] to estimate the time at."),
     measure: bool = typer.Option(False, help="Also time a few real training steps here and plan at the MFU measured."),
     watts: Optional[float] = typer.Option(None, help="Board power in W [default: the card's rated power]."),  # noqa: UP045
+    scaling_efficiency: float = typer.Option(0.9, help="With --nproc/--nnodes above 1: the share of N GPUs' speed "
+                                             "the job gets (DDP's gradient all-reduce costs the rest); assumed."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """What a run will take: tokens, epochs, parameters, FLOPs, hours at a range of MFU, peak
-    memory and whether it fits, energy and cost. Same settings as train.
+    memory and whether it fits, energy and cost. Same settings as train: --nproc 8 plans for 8 GPUs.
 
     Examples: job plan --preset gpt2-40m --gpu rtx-4070 --dataset-tokens 3.68e9;
-    job plan --gpu cpu --peak-tflops 1 --measure --json
+    job plan --preset gpt2-124m --gpu h100-sxm --nproc 8; job plan --gpu cpu --peak-tflops 1 --measure --json
     """
     from job.plan import make_plan, parse_mfus, render
 
-    report = make_plan(cfg, gpu, dataset_tokens, parse_mfus(mfu), measure, watts)
+    report = make_plan(cfg, gpu, dataset_tokens, parse_mfus(mfu), measure, watts, scaling_efficiency)
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 

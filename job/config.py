@@ -73,6 +73,12 @@ class Config:
     stop_at: str = ""  # "HH:MM" or "HH:MM:SS" local time: checkpoint and exit 75 when reached
     price_per_kwh: float = 0.17
     currency: str = "USD"
+    # several GPUs and machines (torchrun, DDP): see README, "Several GPUs and machines"
+    nproc: int = 1  # processes on this machine, one per GPU; above 1, `job train` starts them under torchrun
+    nnodes: int = 1  # machines in the job; above 1 each runs the same `job train` with rdzv_endpoint set
+    rdzv_endpoint: str = ""  # host:port where the machines meet (torchrun's c10d rendezvous); for nnodes > 1
+    max_restarts: int = 3  # times torchrun's agent restarts the processes after a crash, from the newest checkpoint
+    dist_timeout: str = "10m"  # how long a process waits for the others in a collective before the job fails
 
     @property
     def run_name(self) -> str:
@@ -92,6 +98,11 @@ class Config:
     @property
     def tokens_per_iter(self) -> int:
         return self.batch_size * self.block_size * self.grad_accum
+
+    @property
+    def processes(self) -> int:
+        """Processes (GPUs) in the job as the settings ask for it: nproc on each of nnodes machines."""
+        return self.nproc * self.nnodes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,3 +310,28 @@ def validate(cfg: Config) -> None:
         _check(parse_duration(cfg.max_runtime) > 0, "max_runtime: must be longer than 0s")
     if cfg.stop_at:
         parse_clock(cfg.stop_at)
+    validate_scale(cfg)
+
+
+def validate_scale(cfg: Config) -> None:
+    """The settings of a job on several processes (job/launch.py; job/dist.py checks the same
+    against torchrun's own environment)."""
+    for name in ("nproc", "nnodes"):
+        _check(getattr(cfg, name) >= 1, f"{name}: must be a whole number >= 1, got {getattr(cfg, name)}")
+    _check(cfg.max_restarts >= 0, f"max_restarts: must be >= 0 (0 = never restart), got {cfg.max_restarts}")
+    _check(parse_duration(cfg.dist_timeout, "dist_timeout") > 0, "dist_timeout: must be longer than 0s")
+    if cfg.nnodes > 1:
+        _check(re.fullmatch(r"\[?[A-Za-z0-9.:_-]+\]?:\d+", cfg.rdzv_endpoint) is not None,
+               f"rdzv_endpoint: nnodes={cfg.nnodes} needs the host:port where the machines meet (one of them, "
+               f"reachable from all), e.g. node0:29400; got '{cfg.rdzv_endpoint}'")
+    check_split(cfg.grad_accum, cfg.processes, f"nproc {cfg.nproc} x nnodes {cfg.nnodes}")
+
+
+def check_split(grad_accum: int, processes: int, how: str) -> None:
+    """Tokens per iteration stay batch_size x block_size x grad_accum whatever the number of
+    processes: each takes grad_accum / processes micro-batches, so the split must be whole."""
+    if grad_accum % processes:
+        up = -(-grad_accum // processes) * processes
+        raise ConfigError(f"grad_accum: {grad_accum} micro-batches do not split evenly over {processes} processes "
+                          f"({how}); use a multiple of {processes}, e.g. {up} (tokens per iteration stay "
+                          f"batch_size x block_size x grad_accum at any number of processes)")

@@ -66,6 +66,17 @@ def pick_precision(device: torch.device, setting: str) -> Precision:
     return Precision(device, dtype)
 
 
+def seed_step(device: torch.device, seed: int) -> None:
+    """Restart the random streams a training micro-step draws from (dropout) at `seed`: the CPU's
+    and the device's."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
 def to_device(rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A (batch, block_size + 1) array of token ids -> inputs and next-token targets on `device`."""
     t = torch.from_numpy(rows)

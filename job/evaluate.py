@@ -5,7 +5,9 @@ next-token cross-entropy per token, in nats, over the model's whole (padded) voc
 number by construction when the windows are the same. The mean is weighted by rows, so a short
 last batch (`job eval` over a whole split) counts for what it holds; every row is block_size
 targets long, so that is the mean per token. The model is in eval mode while it is measured
-(dropout off) and back in the mode it was in afterwards.
+(dropout off) and back in the mode it was in afterwards. Under torchrun each rank measures every
+n-th batch and the sums are added (job/dist.py): the same figure at any number of processes, to
+float64 rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from job import dist
 from job.data.loader import Windows
 from job.device import Precision, to_device
 
@@ -24,17 +27,19 @@ from job.device import Precision, to_device
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable[np.ndarray], prec: Precision) -> float:
     """Mean loss per token over `batches` of (rows, block_size + 1) token ids."""
+    world = dist.current()
     was_training = model.training
     model.eval()
     total, rows = 0.0, 0
-    for batch in batches:
+    for batch in list(batches)[world.rank::world.size]:
         x, y = to_device(batch, prec.device)
         with prec.autocast():
             _, loss = model(x, y)
         total += loss.item() * len(batch)
         rows += len(batch)
     model.train(was_training)
-    return total / rows
+    total, n = dist.sum_floats([total, float(rows)], prec.device)
+    return total / n
 
 
 def first_windows(files: list[Path], block_size: int, batch_size: int, tokens: int | None,

@@ -23,6 +23,7 @@ class StartInfo:
     max_iters: int
     state: TrainState  # as restored (all zero on a fresh start)
     checkpoint_saved_at: float | None = None  # when the checkpoint resumed from was written
+    world_size: int = 1  # processes (GPUs) training together (torchrun, DDP)
 
 
 @dataclass

@@ -6,6 +6,11 @@ The run's totals (iteration, tokens, seconds, joules, restarts) come from the lo
 the checkpoint restores: they are right after a restart even if Prometheus missed the night.
 `trainer_tokens_total` is a plain per-process counter on purpose: a counter that restarted at the
 checkpoint's (smaller) value would read as a reset plus a huge jump, and rate() would spike.
+
+Under torchrun (job/dist.py) one endpoint per machine: its local rank 0 serves, on metrics_port,
+the GPU figures of every GPU the job uses on that machine (8 cards: 8 `gpu` values), and on rank
+0's machine the training series too, which are the whole job's (tokens, MFU, energy). Prometheus
+scrapes each machine once (grafana/prometheus.yml).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,6 +38,9 @@ from job.config import Config
 from job.errors import ConfigError
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.state import TrainState
+
+if TYPE_CHECKING:
+    from job.dist import World
 
 # Steps run from milliseconds (tiny on a CPU) to minutes (big batches with accumulation). About
 # 10% apart where real runs sit: an H100's 0.5-1 s step and a 4070's 3-3.5 s (the scenario's).
@@ -103,7 +111,8 @@ class TrainingMetrics:
 
     def on_start(self, info: StartInfo) -> None:
         labels = {"run": "run", "preset": "preset", "params": "params", "device": "device", "dtype": "dtype",
-                  "gpu": "gpu_name", "peak_flops": "peak_flops"}  # `gpu` is the index on every GPU series
+                  "gpu": "gpu_name", "peak_flops": "peak_flops",  # `gpu` is the index on every GPU series
+                  "world_size": "world_size"}
         values = {label: getattr(info, k) for k, label in labels.items()}
         self.info.info({label: "" if v is None else str(v) for label, v in values.items()})
         self.start.set(time.time())
@@ -149,8 +158,9 @@ class GpuCollector:
     minor number, the same inside a container; else NVML's index) and `uuid`, the key that joins
     them with dcgm-exporter's and nvidia_gpu_exporter's series for the same card."""
 
-    def __init__(self, nvml: Any, devices: dict[int, Any]):
+    def __init__(self, nvml: Any, devices: dict[int, Any], torch_devices: set[int] | None = None):
         self.nvml, self.devices = nvml, devices
+        self.torch_devices = torch_devices  # where this process's allocator figures are served (None: all)
         self.driver = _try(lambda: _text(nvml.nvmlSystemGetDriverVersion()), "")
         self.reason_bits = {name: getattr(nvml, attr, 0) for name, attr in REASONS.items()}
         self.labels = {idx: card_labels(nvml, h, idx) for idx, h in devices.items()}
@@ -191,7 +201,8 @@ class GpuCollector:
         if mem is not None:
             f["used"].add_metric(card, mem.used)
             f["total"].add_metric(card, mem.total)
-        if torch.cuda.is_initialized():  # never start CUDA from the scrape thread
+        # never start CUDA from the scrape thread; another process's card has none of ours
+        if torch.cuda.is_initialized() and (self.torch_devices is None or idx in self.torch_devices):
             f["alloc"].add_metric(card, torch.cuda.memory_allocated(idx))
             f["reserved"].add_metric(card, torch.cuda.memory_reserved(idx))
             f["peak"].add_metric(card, torch.cuda.max_memory_allocated(idx))
@@ -311,36 +322,44 @@ def serve(registry: CollectorRegistry, cfg: Config) -> Any:
 
 
 @contextmanager
-def monitoring(cfg: Config) -> Iterator[RunHooks]:
-    """RunHooks for one `job train`: metrics served while it runs (unless metrics_port is 0), and
-    NVML energy fed to the loop either way so the checkpointed energy is right."""
+def monitoring(cfg: Config, world: World | None = None) -> Iterator[RunHooks]:
+    """RunHooks for one `job train` process: metrics served while it runs (unless metrics_port is
+    0), and NVML energy fed to the loop either way so the checkpointed energy is right. Under
+    torchrun (`world`, job/dist.py) only each machine's local rank 0 serves, the training series
+    only on rank 0; every rank measures the energy of its own GPU."""
+    several = world is not None and world.distributed
+    rank, local_rank, local_size = (world.rank, world.local_rank, world.local_size) if several else (0, 0, None)
     nvml, devices, train_gpu, why_not = open_gpus(cfg)
     meter = EnergyMeter(nvml, devices[train_gpu]) if nvml and train_gpu in devices else None
-    if not cfg.metrics_port:
+    if not cfg.metrics_port or local_rank:
         yield RunHooks(energy_meter=meter)
         return
+    if local_size is not None:  # the GPUs of this machine's ranks: cuda:0 .. cuda:local_size-1
+        devices = {i: h for i, h in devices.items() if i < local_size}
     disable_created_metrics()  # *_created series would double the scrape and no panel reads them
     registry = CollectorRegistry(auto_describe=True)
-    metrics = TrainingMetrics(registry, cfg)
-    if meter:
+    metrics = TrainingMetrics(registry, cfg) if rank == 0 else None
+    if meter and metrics:
         metrics.enable_energy(registry)
     if nvml and cfg.gpu_metrics:
-        registry.register(GpuCollector(nvml, devices))
+        registry.register(GpuCollector(nvml, devices, {train_gpu} if several else None))
     gpu_name = _try(lambda: _text(nvml.nvmlDeviceGetName(devices[train_gpu])), "") if meter else ""
 
     server = serve(registry, cfg)  # a taken port fails here, before any work
 
     def on_start(info: StartInfo) -> None:
         # said once training really starts, so a bad setting still ends in exactly one line
-        log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics")
+        what = "" if metrics else " (GPU figures of this machine; the training series are rank 0's)"
+        log(f"serving http://{cfg.metrics_addr}:{cfg.metrics_port}/metrics{what}")
         if why_not:
             log(f"no GPU figures: {why_not}")
         elif not cfg.gpu_metrics:
             log("GPU figures left to the host's exporter (gpu_metrics is off); energy is still measured")
-        metrics.on_start(dataclasses.replace(info, gpu=gpu_name))
+        if metrics:
+            metrics.on_start(dataclasses.replace(info, gpu=gpu_name))
 
     try:
-        yield RunHooks(on_start=on_start, on_step=metrics.on_step, energy_meter=meter)
+        yield RunHooks(on_start=on_start, on_step=metrics.on_step if metrics else None, energy_meter=meter)
     finally:
         server.shutdown()
         server.server_close()

@@ -19,6 +19,13 @@ stream in fp32 (autocast leaves it there):
     With compile on, inductor fuses the loss and keeps only the logits and their gradient in the
     compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check. With
     loss_chunk set, the fused chunked head + loss holds one chunk's logits at a time instead.
+
+Several GPUs (nproc x nnodes, DDP): each takes grad_accum / N of the micro-batches, so memory per
+card is one card's plus DDP's gradient buckets (a second fp32 copy of the gradients), and time is
+one card's divided by N x the scaling efficiency: DDP all-reduces the gradients once per iteration
+(4 bytes x parameters, of which a ring sends 2(N-1)/N per card), overlapped with the last
+micro-step's backward. The default 0.9 is an assumption, not a measurement; it is about right
+within one NVLink or PCIe machine at these model sizes and optimistic across machines on slow links.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ GIB = 2**30
 WORKSPACE_GPU = GIB // 2  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator
 ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation on top of what tensors hold
 DEFAULT_MFUS = (0.3, 0.4, 0.5)
+DEFAULT_SCALING = 0.9  # time on N GPUs = time on one / (N x this); see the docstring
 WALL_NOTE = "board power x hours; the wall draws more (PSU losses, CPU, fans: often +20-40%)"
 
 
@@ -122,6 +130,7 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
         "adamw": 8 * n["total"],  # exp_avg and exp_avg_sq in fp32
         "activations": activation_bytes(cfg, b, c),
         "logits": logits_bytes(cfg, b, c),
+        "grad_buckets": 4 * n["total"] if cfg.processes > 1 else 0,  # DDP's copy of the gradients
     }
     tensors = sum(parts.values())
     parts["workspace"] = int(WORKSPACE_GPU + ALLOCATOR_SLACK * tensors) if on_gpu else 0
@@ -131,10 +140,11 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
 
 def largest_fit(cfg: Config, c: int, on_gpu: bool, capacity: float) -> tuple[int, int] | None:
     """The largest micro-batch that fits and divides the sequences per iteration, and the
-    grad_accum that keeps tokens per iteration the same; None if not even 1 fits."""
-    sequences = cfg.batch_size * cfg.grad_accum
+    grad_accum that keeps tokens per iteration the same (and splits over the GPUs); None if not
+    even 1 fits."""
+    sequences, n = cfg.batch_size * cfg.grad_accum, cfg.processes
     for b in range(sequences, 0, -1):
-        if sequences % b == 0 and memory(cfg, c, on_gpu, b)["total"] <= capacity:
+        if sequences % b == 0 and (sequences // b) % n == 0 and memory(cfg, c, on_gpu, b)["total"] <= capacity:
             return b, sequences // b
     return None
 
@@ -147,9 +157,20 @@ def time_row(flops_iter: float, flops_total: float, achieved: float, watts: floa
             "cost": kwh * cfg.price_per_kwh if kwh is not None else None}
 
 
+def scaling(cfg: Config, efficiency: float) -> dict[str, Any]:
+    """How the plan divides the work over nproc x nnodes GPUs (one: no division)."""
+    n = cfg.processes
+    if not 0 < efficiency <= 1:
+        raise ConfigError(f"scaling-efficiency: must be in (0, 1], got {efficiency:g}; e.g. 0.9 for 90%")
+    grads = 4 * param_counts(cfg)["total"]
+    return {"gpus": n, "efficiency": efficiency if n > 1 else 1.0, "assumed": n > 1,
+            "allreduce_bytes_per_gpu": 2 * (n - 1) / n * grads if n > 1 else 0.0,
+            "micro_batches_per_gpu": cfg.grad_accum // n}
+
+
 def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = None,
               mfus: tuple[float, ...] = DEFAULT_MFUS, measure: bool = False,
-              watts: float | None = None) -> dict[str, Any]:
+              watts: float | None = None, efficiency: float = DEFAULT_SCALING) -> dict[str, Any]:
     if dataset_tokens is not None and not dataset_tokens > 0:
         raise ConfigError(f"dataset-tokens: must be a number of tokens > 0, e.g. 3.68e9; got {dataset_tokens:g}")
     if watts is not None and not watts > 0:
@@ -161,6 +182,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     watts = watts or card.board_w
     dtype, c = compute_bytes(cfg, card)
     on_gpu = card.key != "cpu"
+    scale = scaling(cfg, efficiency)
+    speedup, cards = scale["gpus"] * scale["efficiency"], scale["gpus"]
 
     tokens_total = cfg.tokens_per_iter * cfg.max_iters
     if dataset_tokens is not None:
@@ -169,15 +192,19 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         data_tokens, data_from = dataset_tokens_from_manifest(cfg)
     fl = total_flops(cfg, tokens_total)
     flops_iter = fl["per_token"] * cfg.tokens_per_iter
-    rows = [time_row(flops_iter, fl["total"], peak * m, watts, cfg, m) for m in mfus] if peak else []
+    all_watts = watts * cards if watts else None
+    rows = [time_row(flops_iter, fl["total"], peak * m * speedup, all_watts, cfg, m) for m in mfus] if peak else []
 
     measured = None
-    if measure:
+    if measure:  # one card here; N of them at the scaling efficiency
         from job.measure import measure_steps
 
         measured = measure_steps(cfg)
+        measured["s_per_iter"] = ((cfg.grad_accum // cards) * measured["micro_step_s"]
+                                  + measured["optimizer_step_s"]) / scale["efficiency"]
         achieved = flops_iter / measured["s_per_iter"]
-        measured.update(time_row(flops_iter, fl["total"], achieved, watts, cfg, achieved / peak if peak else None))
+        mfu = achieved / (peak * cards) if peak else None
+        measured.update(time_row(flops_iter, fl["total"], achieved, all_watts, cfg, mfu))
 
     mem = memory(cfg, c, on_gpu)
     capacity = memory_gb * 1e9 if memory_gb else None
@@ -192,6 +219,7 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         "flops": {**fl, "per_iter": flops_iter, "total_pflop": fl["total"] / 1e15},
         "gpu": {**card.to_dict(), "peak_tflops": peak / 1e12 if peak else None, "peak_from": peak_from,
                 "memory_gb": memory_gb, "board_w": watts},
+        "scaling": scale,
         "time": rows,
         "measured": measured,
         "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits,
@@ -227,6 +255,11 @@ def render(p: dict[str, Any]) -> str:
         f"{_num(g['board_w'], '.0f')} W",
         f"source        {g['source']}",
     ]
+    sc = p["scaling"]
+    if sc["gpus"] > 1:
+        lines.append(f"GPUs          {sc['gpus']} (DDP, {sc['micro_batches_per_gpu']} micro-batches each per iter): "
+                     f"time / ({sc['gpus']} x {sc['efficiency']:g} scaling efficiency, assumed), energy of all "
+                     f"cards; all-reduce {_gb(sc['allreduce_bytes_per_gpu'])} per GPU per iter")
     rows = [*p["time"], *([p["measured"]] if p["measured"] else [])]
     if rows:
         lines.append(f"{'time':14}{'MFU':>8}{'s/iter':>10}{'hours':>9}{'kWh':>9}{'cost':>10}")
@@ -239,8 +272,9 @@ def render(p: dict[str, Any]) -> str:
     if not rows:
         lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
     lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
-              f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}"]
-    for k in ("weights", "weight_copies", "grads", "adamw", "activations", "logits", "workspace", "total"):
+              f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"]
+    for k in ("weights", "weight_copies", "grads", "adamw", "activations", "logits", "grad_buckets", "workspace",
+              "total"):
         lines.append(f"  {k:12}{_gb(m[k]):>12}")
     if p["measured"] and p["measured"].get("peak_memory_bytes"):
         lines.append(f"  {'measured':12}{_gb(p['measured']['peak_memory_bytes']):>12} (torch peak allocated)")

@@ -150,6 +150,17 @@ def _parse_record(line: str) -> dict[str, Any] | None:
     return {LEGACY_KEYS.get(k, k): v for k, v in rec.items()} if isinstance(rec, dict) else None
 
 
+class NullLog:
+    """The log of a process that is not the run's writer (ranks other than 0 under torchrun):
+    records go nowhere, so the run has one log.jsonl, written by one process."""
+
+    def write(self, event: str, **fields: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class RunLog:
     """log.jsonl, one record per write() call, appended with O_APPEND.
 

@@ -44,12 +44,16 @@ def worker_signals() -> None:
 
 class StopFlag:
     """SIGTERM/SIGINT set `reason`; the loop reads it after each step. A second SIGINT interrupts
-    at once, except inside `protected()` (a checkpoint write), which it lets finish."""
+    at once, except inside `protected()` (a checkpoint write), which it lets finish; and except when
+    `escalate` is off: under torchrun a Ctrl-C reaches a worker twice (from the terminal and from
+    the agent passing it on), and every rank must stop at the same step, so the agent's own timeout
+    is what ends a worker that will not stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, escalate: bool = True) -> None:
         self.reason: str | None = None
         self._old: dict[int, Any] = {}
         self._protected = False
+        self._escalate = escalate
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,7 +61,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
-        if self.reason and signum == signal.SIGINT and not self._protected:
+        if self.reason and signum == signal.SIGINT and not self._protected and self._escalate:
             raise KeyboardInterrupt
         self.reason = signal.Signals(signum).name
         print(f"\n{self.reason} received: finishing this step, then checkpoint and exit "

@@ -5,6 +5,14 @@ setup resumes from the newest whole checkpoint, or refuses one it cannot continu
 (other model shape, seed or data). The caller (job/cli.py) holds the run's lock. Exit codes are
 the contract with cron and restart policies (job/errors.py): 0 done, 75 stopped on purpose with a
 checkpoint, 1 failed, 2 bad settings.
+
+Under torchrun (job/dist.py) the same loop runs on every rank, the same iteration for iteration:
+each rank trains on its share of the iteration's micro-batches (the loader's state stays global,
+so the data order and a checkpoint do not depend on the number of processes), DDP averages the
+gradients once per iteration, and what decides a step (loss, stop, energy) is added up over the
+ranks in one all-reduce. Rank 0 alone writes the run's files; every rank restores the checkpoint
+rank 0 read. Dropout draws from a stream seeded by (seed, micro-batch of the run), not by process,
+so training is the same computation at any number of processes, up to the order of the sums.
 """
 
 from __future__ import annotations
@@ -20,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from job import checkpoint
+from job import checkpoint, dist
 from job.config import SHAPE_KEYS, Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.loader import TrainLoader, val_batches
-from job.device import Precision, pick_device, pick_precision, to_device
+from job.device import Precision, pick_device, pick_precision, seed_step, to_device
 from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
 from job.evaluate import evaluate
 from job.fileio import clean_temporaries
@@ -32,10 +40,22 @@ from job.flops import flops_per_token, forecast
 from job.gpus import Card, card_for, peak_flops
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.model import GPT, build_model
-from job.rundir import RunDir, RunLog
+from job.rundir import NullLog, RunDir, RunLog
 from job.state import TrainState
 from job.stopping import StopFlag, deadline, reached
 from job.units import human_count, human_duration
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the stop votes a step adds up, then the time window's
+
+
+@dataclass
+class Step:
+    """What one optimizer step did: the same numbers on every rank."""
+    loss: float  # mean over the iteration's micro-batches, every rank's
+    grad_norm: float  # before clipping
+    skipped: bool  # no update: the loss or the gradient was not finite
+    joules: float  # GPU energy of the whole job since the previous step
+    stop: str | None  # why every rank stops after this step (a signal or the time window on any), or None
 
 
 @dataclass
@@ -46,13 +66,13 @@ class Session:
     data: Dataset
     prec: Precision
     model: GPT
-    step_model: torch.nn.Module  # the compiled model when compile is on, else the model itself
+    step_model: torch.nn.Module  # the model, compiled when compile is on, in DDP under torchrun
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: TrainLoader
     val: list[np.ndarray]
     state: TrainState  # its loader position is the loader's own, advanced as batches are drawn
-    log: RunLog
+    log: RunLog | NullLog  # NullLog on every rank but 0
     hooks: RunHooks
     card: Card | None  # the table's row for the GPU in use
     peak: float | None  # FLOP/s that MFU divides by
@@ -60,6 +80,9 @@ class Session:
     ema_step_s: float | None = None  # smoothed step time, for the ETA
     bad_in_row: int = 0  # non-finite steps in a row
     rollbacks_in_row: int = 0  # roll-backs since the last good checkpoint was written
+    world: dist.World = dist.SINGLE  # this process's place in the job
+    stop: StopFlag | None = None  # set by the loop: a signal to this process
+    limit: tuple[float, str] | None = None  # set by the loop: the time window's end
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +102,7 @@ class Session:
 def train(cfg: Config, hooks: RunHooks | None = None, verify: bool = False) -> int:
     """Train or resume the run `cfg` names; returns the exit code."""
     run = RunDir(cfg.run_dir)
-    if already_done(run, cfg.max_iters):
+    if dist.from_rank0(lambda: already_done(run, cfg.max_iters)):
         return EXIT_DONE
     s = setup(cfg, hooks or RunHooks(), run, verify)
     try:
@@ -98,46 +121,45 @@ def already_done(run: RunDir, max_iters: int) -> bool:
 
 
 def run_loop(s: Session) -> int:
-    """Step until max_iters, a signal or the time window; returns the exit code."""
+    """Step until max_iters, a signal or the time window (on any rank); returns the exit code."""
     cfg, st = s.cfg, s.state
-    limit = time_window(s)
+    s.limit = time_window(s)
     s.energy_since_mark()
     s.model.train()
-    with StopFlag() as stop:
+    with StopFlag(escalate=not s.world.distributed) as s.stop:
         while st.iteration < cfg.max_iters:
             # -------- TRAINING SECTION BEGIN: one optimizer step over grad_accum micro-batches --------
             t0 = time.time()
             lr = lr_at(st.iteration, cfg)
-            train_loss, grad_norm, skipped = train_step(s, lr)
+            step = train_step(s, lr)
             step_s = time.time() - t0
             # -------- TRAINING SECTION END --------
             # account: the run's counters, energy, throughput and ETA
-            info = account(s, lr, train_loss, grad_norm, step_s, skipped)
+            info = account(s, lr, step, step_s)
             it = st.iteration
             # evaluate on the fixed val batches
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                info.val_loss = st.val_loss = evaluate(s.step_model, s.val, s.prec)
+                info.val_loss = st.val_loss = evaluate(dist.unwrap(s.step_model), s.val, s.prec)
                 s.log.write("eval", iteration=it, val_loss=info.val_loss)
             # log: a record in log.jsonl and a line on the terminal (every skipped step too)
-            if it % cfg.log_interval == 0 or it in (1, cfg.max_iters) or skipped:
+            if it % cfg.log_interval == 0 or it in (1, cfg.max_iters) or step.skipped:
                 log_step(s, info)
             # checkpoint on the interval, at the end and before stopping, unless the guard objects:
             # then back to the newest good checkpoint, past the batches that went bad
             # (none in the middle of non-finite steps: the newest good one must not be rotated away)
-            stopping = stop.reason or reached(limit)
-            due = it % cfg.ckpt_interval == 0 or it == cfg.max_iters or stopping
+            due = it % cfg.ckpt_interval == 0 or it == cfg.max_iters or step.stop
             if not (trouble := guard(s, info)) and due and not s.bad_in_row:
-                with stop.protected():
+                with s.stop.protected():
                     trouble = save_checkpoint(s, info)
             if trouble:
                 rollback(s, trouble)
             if s.hooks.on_step:
                 s.hooks.on_step(info)
             # stop early (a signal, the time window): exit 75 and the next start resumes here
-            if stopping and st.iteration < cfg.max_iters:
-                s.log.write("stop", iteration=st.iteration, reason=stopping)
-                print(f"stopped at iteration {st.iteration} ({stopping}); the next start resumes from the newest "
-                      f"checkpoint, exit {EXIT_STOPPED}")
+            if step.stop and st.iteration < cfg.max_iters:
+                s.log.write("stop", iteration=st.iteration, reason=step.stop)
+                print(f"stopped at iteration {st.iteration} ({step.stop}); the next start resumes from the "
+                      f"newest checkpoint, exit {EXIT_STOPPED}")
                 return EXIT_STOPPED
     finish(s)
     return EXIT_DONE
@@ -153,32 +175,58 @@ def time_window(s: Session) -> tuple[float, str] | None:
     return limit
 
 
-def train_step(s: Session, lr: float) -> tuple[float, float, bool]:
-    """One optimizer step: accumulate grad_accum micro-batches, clip, step. Returns the mean loss,
-    the gradient norm before clipping, and whether the update was skipped because one of them was
-    not finite. Reading the two is the step's one host sync: the guard needs them before the update."""
-    cfg = s.cfg
+def train_step(s: Session, lr: float) -> Step:
+    """One optimizer step: this rank's share of the grad_accum micro-batches (all of them in one
+    process; DDP averages the gradients after the last), clip, step. The update is skipped on every
+    rank when the loss or the gradient is not finite. Reading the step's numbers, added up over the
+    ranks, is its one host sync: the guard needs them before the update."""
+    cfg, w = s.cfg, s.world
+    accum = cfg.grad_accum // w.size
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=s.device)
-    for _ in range(cfg.grad_accum):
-        x, y = to_device(s.loader.next_rows(), s.device)
-        with s.prec.autocast():
-            _, loss = s.step_model(x, y)
-        loss = loss / cfg.grad_accum
-        loss_sum += loss.detach()
-        s.scaler.scale(loss).backward()
+    for j, rows in enumerate(s.loader.share(w.rank, w.size, cfg.grad_accum)):
+        x, y = to_device(rows, s.device)
+        if cfg.dropout:  # the same masks for this micro-batch at any number of processes
+            seed_step(s.device, micro_seed(cfg.seed, s.state.iteration * cfg.grad_accum + w.rank * accum + j))
+        with dist.sync_grads(s.step_model, last=j == accum - 1):
+            with s.prec.autocast():
+                _, loss = s.step_model(x, y)
+            loss = loss / accum
+            loss_sum += loss.detach()
+            s.scaler.scale(loss).backward()
     s.scaler.unscale_(s.optimizer)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)
-    loss_value, norm = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()
+    grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), clip)  # the same on every rank
+    mine = torch.tensor([s.energy_since_mark(), *stop_votes(s)], dtype=torch.float64, device=s.device)
+    shared = dist.all_sum(torch.cat([loss_sum.double().reshape(1), mine]))
+    loss_total, joules, *votes, norm = torch.cat([shared, grad_norm.double().reshape(1)]).tolist()
+    loss_value = loss_total / w.size
     # fp16's GradScaler skips an overflowing gradient itself, and lowers its scale: that is no fault
     skipped = not math.isfinite(loss_value) or (not math.isfinite(norm) and not s.scaler.is_enabled())
     if not skipped:
         s.scaler.step(s.optimizer)
     s.scaler.update()
     s.optimizer.zero_grad(set_to_none=True)
-    return loss_value, norm, skipped
+    return Step(loss_value, norm, skipped, joules, stop_reason(s, votes))
+
+
+def micro_seed(seed: int, micro_batch: int) -> int:
+    """The random stream of one micro-batch of the run: mixed from the run's seed and its number."""
+    return int(np.random.SeedSequence([seed, micro_batch]).generate_state(1, np.uint64)[0])
+
+
+def stop_votes(s: Session) -> list[float]:
+    """This process's reasons to stop after this step, as counts the ranks add up: a signal it
+    received (by kind), the time window it sees ended."""
+    why = s.stop.reason if s.stop else None
+    return [float(why == kind) for kind in STOP_SIGNALS] + [float(reached(s.limit) is not None)]
+
+
+def stop_reason(s: Session, votes: list[float]) -> str | None:
+    """Why every rank stops, from the votes added up: a signal on any rank, or the time window."""
+    window = s.limit[1] if s.limit else "time window"
+    return next((why for why, n in zip((*STOP_SIGNALS, window), votes, strict=True) if n), None)
 
 
 def guard(s: Session, info: StepInfo) -> str | None:
@@ -198,7 +246,7 @@ def rollback(s: Session, why: str) -> None:
     cfg, st = s.cfg, s.state
     it, found = st.iteration, None
     if s.rollbacks_in_row < cfg.rollback_limit:
-        found = checkpoint.load_latest(s.run.ckpt, map_location=s.device)
+        found = dist.from_rank0(lambda: checkpoint.load_latest(s.run.ckpt, map_location=restore_location(s.device)))
     s.log.write("rollback" if found else "diverged", iteration=it, reason=why, rollbacks=s.rollbacks_in_row)
     advice = f"lower lr (now {cfg.lr:g}) or raise warmup_iters, or check the data ({cfg.data})"
     if found is None and s.rollbacks_in_row == 0:
@@ -211,8 +259,9 @@ def rollback(s: Session, why: str) -> None:
     saved, path = found
     st.roll_back_to(checkpoint.restore(saved, s.model, s.optimizer, s.scaler, s.device))
     s.bad_in_row, s.rollbacks_in_row = 0, s.rollbacks_in_row + 1
-    print(f"warning: {why} at iteration {it}; rolled back to {path.name} (iteration {st.iteration}), past the "
-          f"batches that went bad ({s.rollbacks_in_row} of {cfg.rollback_limit})", file=sys.stderr, flush=True)
+    if s.world.writer:
+        print(f"warning: {why} at iteration {it}; rolled back to {path.name} (iteration {st.iteration}), past the "
+              f"batches that went bad ({s.rollbacks_in_row} of {cfg.rollback_limit})", file=sys.stderr, flush=True)
 
 
 def lr_at(it: int, cfg: Config) -> float:
@@ -226,18 +275,15 @@ def lr_at(it: int, cfg: Config) -> float:
 
 def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Session:
     """Data and batches, device, resume or refuse, model, optimizer, scaler; then say so. Every
-    check that can refuse runs before the first write to the run."""
-    data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
-    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
-    val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
-    device = pick_device(cfg.device)
-    prec = pick_precision(device, cfg.dtype)
-    clean_temporaries(run.ckpt)
-    resumed = checkpoint.load_latest(run.ckpt, map_location=device)
-    if resumed:
-        refuse_incompatible(resumed[0], cfg, data.fingerprint)
-    run.write_config(cfg.to_dict())
-    run.clear_done()  # max_iters was raised past a finished run: carry on
+    check that can refuse runs before the first write to the run. Under torchrun each rank opens
+    its own machine's data, and rank 0 alone reads and writes the run: every rank restores the
+    checkpoint it read."""
+    world = dist.current()
+    data, loader, val, prec = dist.agreed(lambda: open_data(cfg, verify))
+    device = prec.device
+    data_of_rank0 = dist.from_rank0(lambda: data.fingerprint)
+    dist.agreed(lambda: same_data(data, data_of_rank0))
+    resumed = dist.from_rank0(lambda: resume_point(cfg, run, data.fingerprint, device))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
@@ -253,12 +299,47 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     card = card_for(device)
     s = Session(
         cfg=cfg, run=run, data=data, prec=prec, model=model,
-        step_model=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scaler=scaler,
-        loader=loader, val=val, state=state, log=run.open_log(), hooks=hooks, card=card,
-        peak=peak_flops(card, cfg.peak_tflops),
+        step_model=dist.wrap(torch.compile(model) if cfg.compile else model, device), optimizer=optimizer,
+        scaler=scaler, loader=loader, val=val, state=state, log=run.open_log() if world.writer else NullLog(),
+        hooks=hooks, card=card, peak=peak_flops(card, cfg.peak_tflops), world=world,
     )
     announce(s, resumed_from)
     return s
+
+
+def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.ndarray], Precision]:
+    """This process's dataset, train batches, fixed val batches, device and precision."""
+    data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
+    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
+    val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
+    device = pick_device(cfg.device)
+    return data, loader, val, pick_precision(device, cfg.dtype)
+
+
+def resume_point(cfg: Config, run: RunDir, fingerprint: str,
+                 device: torch.device) -> tuple[dict[str, Any], Path] | None:
+    """On rank 0: the newest whole checkpoint, unless it cannot be continued faithfully; then the
+    run's first write, its settings."""
+    clean_temporaries(run.ckpt)
+    resumed = checkpoint.load_latest(run.ckpt, map_location=restore_location(device))
+    if resumed:
+        refuse_incompatible(resumed[0], cfg, fingerprint)
+    run.write_config(cfg.to_dict())
+    run.clear_done()  # max_iters was raised past a finished run: carry on
+    return resumed
+
+
+def restore_location(device: torch.device) -> torch.device | str:
+    """Where a checkpoint is loaded: the device; or the CPU under torchrun, so that rank 0 can
+    hand it to the other ranks, each of which puts it on its own GPU."""
+    return "cpu" if dist.current().distributed else device
+
+
+def same_data(data: Dataset, rank0_fingerprint: str) -> None:
+    """Every machine of the job must train on the same dataset as rank 0's."""
+    if data.fingerprint != rank0_fingerprint:
+        raise ConfigError(f"data: {data.path} here (fingerprint {data.fingerprint}) is not the dataset of rank 0 "
+                          f"(fingerprint {rank0_fingerprint}); prepare the same dataset on every machine")
 
 
 def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) -> None:
@@ -278,65 +359,77 @@ def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) ->
 def announce(s: Session, resumed_from: Path | None) -> None:
     """Tell the log, the hooks and the terminal what is starting."""
     cfg, st = s.cfg, s.state
-    seal = checkpoint.read_seal(resumed_from) if resumed_from else None
+    seal = dist.from_rank0(lambda: checkpoint.read_seal(resumed_from) if resumed_from else None)
     info = StartInfo(
         run=cfg.run_name, preset=cfg.preset, params=s.model.num_params(), device=str(s.device),
         dtype=s.prec.name, gpu=s.card.name if s.card else None, peak_flops=s.peak or 0.0,
         flops_per_token=flops_per_token(cfg)["total"], max_iters=cfg.max_iters, state=st,
-        checkpoint_saved_at=seal.get("saved_at") if seal else None,
+        checkpoint_saved_at=seal.get("saved_at") if seal else None, world_size=s.world.size,
     )
     fields = {k: v for k, v in vars(info).items() if k not in ("state", "checkpoint_saved_at")}
     s.log.write("resume" if resumed_from else "start", **fields, **st.summary())
     if s.hooks.on_start:
         s.hooks.on_start(info)
     where = f"resuming from {resumed_from.name} at iteration {st.iteration}" if resumed_from else "starting"
-    print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {s.device} ({s.prec.name}), "
+    on = f"{s.world.size} processes (DDP, {s.device.type})" if s.world.distributed else str(s.device)
+    print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {on} ({s.prec.name}), "
           f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
 
 
-def account(s: Session, lr: float, train_loss: float, grad_norm: float, step_s: float, skipped: bool) -> StepInfo:
-    """Count one finished step into the run's totals, and say what it achieved."""
-    cfg, st = s.cfg, s.state
-    st.account(cfg.tokens_per_iter, step_s, s.energy_since_mark(), skipped)
-    s.bad_in_row = s.bad_in_row + 1 if skipped else 0
+def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
+    """Count one finished step into the run's totals, and say what it achieved (throughput, MFU
+    and power are the whole job's: MFU over the peak of all its GPUs)."""
+    cfg, st, gpus = s.cfg, s.state, s.world.size
+    st.account(cfg.tokens_per_iter, step_s, step.joules, step.skipped)
+    s.bad_in_row = s.bad_in_row + 1 if step.skipped else 0
     # the first steps carry compile and warm-up; the average forgets them quickly
     s.ema_step_s = step_s if s.ema_step_s is None else 0.9 * s.ema_step_s + 0.1 * step_s
-    ahead = forecast(cfg, st.iteration, s.ema_step_s, st.energy_j, st.elapsed_s, s.card.board_w if s.card else None)
+    board_w = s.card.board_w * gpus if s.card and s.card.board_w else None
+    ahead = forecast(cfg, st.iteration, s.ema_step_s, st.energy_j, st.elapsed_s, board_w)
     achieved = flops_per_token(cfg)["total"] * cfg.tokens_per_iter / step_s
     return StepInfo(
-        iteration=st.iteration, max_iters=cfg.max_iters, train_loss=train_loss, lr=lr, grad_norm=grad_norm,
-        step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / s.peak if s.peak else None,
-        eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=skipped,
+        iteration=st.iteration, max_iters=cfg.max_iters, train_loss=step.loss, lr=lr, grad_norm=step.grad_norm,
+        step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / (s.peak * gpus) if s.peak else None,
+        eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=step.skipped,
     )
 
 
 def log_step(s: Session, i: StepInfo) -> None:
-    s.log.write("step", **i.state.summary(), train_loss=i.train_loss, lr=i.lr, grad_norm=i.grad_norm,
+    s.log.write("step", **i.state.summary(), loader=vars(i.state.loader), train_loss=i.train_loss, lr=i.lr,
+                grad_norm=i.grad_norm,
                 step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
                 eta_s=round(i.eta_s, 1), **({"skipped": True} if i.skipped else {}))
     print(terminal_line(i), flush=True)
 
 
 def save_checkpoint(s: Session, info: StepInfo) -> str | None:
-    """Write a checkpoint of this very moment (its seconds go to info); or, if any of its tensors
-    is not finite, write nothing and say so: a checkpoint never holds a NaN."""
+    """Write a checkpoint of this very moment (rank 0 does; its seconds go to info); or, if any of
+    its tensors is not finite, write nothing and say so: a checkpoint never holds a NaN. Every rank
+    learns which: the weights are the same on all of them."""
+    trouble, seconds = dist.from_rank0(lambda: write_checkpoint(s))
+    if trouble is None:
+        info.checkpoint_s = seconds
+        s.rollbacks_in_row = 0  # a newer good checkpoint: progress since the last roll-back
+    return trouble
+
+
+def write_checkpoint(s: Session) -> tuple[str | None, float]:
     t0 = time.time()
     content = checkpoint.snapshot(s.model, s.optimizer, s.scaler, s.state, s.cfg.to_dict(), s.data.fingerprint,
                                   s.device)
     if bad := checkpoint.nonfinite(content):
-        return f"non-finite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}"
+        return f"non-finite values in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''}", 0.0
     path = checkpoint.save(s.run.ckpt, content, s.state, s.cfg.keep_ckpts)
-    info.checkpoint_s = time.time() - t0
-    s.rollbacks_in_row = 0  # a newer good checkpoint: progress since the last roll-back
-    s.log.write("checkpoint", iteration=s.state.iteration, path=str(path), seconds=round(info.checkpoint_s, 3))
-    return None
+    seconds = time.time() - t0
+    s.log.write("checkpoint", iteration=s.state.iteration, path=str(path), seconds=round(seconds, 3))
+    return None, seconds
 
 
 def finish(s: Session) -> None:
     st = s.state
     if st.val_loss is None or not math.isfinite(st.val_loss):  # the guard rolls back first; never DONE on it
         raise Failure(f"run '{s.cfg.run_name}' reached max_iters with val loss {st.val_loss}; DONE not written")
-    s.run.write_done(st)
+    dist.from_rank0(lambda: s.run.write_done(st))
     s.log.write("done", **st.summary())
     print(f"done: {st.iteration} iterations, {human_count(st.tokens)} tokens, "
           f"val loss {st.val_loss:.4f}, {human_duration(st.elapsed_s)} of training")

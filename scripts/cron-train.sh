@@ -8,6 +8,7 @@
 # Settings come from the environment, then from the env file (JOB_ENV_FILE, default .env in the
 # repository); the real environment wins, as it does for the job itself:
 #   JOB_RUN, JOB_PRESET, JOB_OUT_DIR, JOB_DATA_ROOT, JOB_METRICS_PORT   the job's own settings
+#   JOB_NPROC (and JOB_NNODES, JOB_RDZV_ENDPOINT)   several GPUs: the job starts torchrun itself
 #   JOB_LAUNCHER=local|docker   local: the venv's python; docker: the image, with --gpus all
 #   JOB_PYTHON                  local python (default .venv/bin/python of the repository)
 #   JOB_IMAGE                   docker image (default job:latest)
@@ -121,7 +122,8 @@ case $launcher in
     data_root=${JOB_DATA_ROOT:-data}
     hf_cache=${HF_HOME:-$HOME/.cache/huggingface}
     mkdir -p "$data_root" "$out_dir" "$hf_cache"   # else docker creates them owned by root
-    cmd=(docker run --rm --init --gpus "${JOB_GPUS:-all}" --name "job-$run" --stop-timeout 120
+    # --shm-size: NCCL's shared memory between the processes of JOB_NPROC > 1 (docker gives 64 MB)
+    cmd=(docker run --rm --init --gpus "${JOB_GPUS:-all}" --shm-size 1g --name "job-$run" --stop-timeout 120
          -v "$(cd "$data_root" && pwd):/app/data" -v "$(cd "$out_dir" && pwd):/app/runs"
          -v "$hf_cache:/home/job/.cache/huggingface" -v /etc/localtime:/etc/localtime:ro)
     [[ -f $env_file ]] && cmd+=(--env-file "$env_file")

@@ -114,6 +114,23 @@ def gpu_series(device: str, quick: bool, out: Path) -> tuple[str, str]:
             f"memory used {[round(u / 1e9, 2) for u in used]} GB")
 
 
+def torchrun_nccl(out: Path) -> tuple[str, str]:
+    """`job train` under torchrun on NCCL, one process: the whole DDP path (process group, wrapper,
+    all-reduce, rank 0 handing the checkpoint to the ranks) on the one card a check has."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "job",
+           "train", "--preset", "tiny", "--device", "cuda", "--max-iters", "40", "--grad-accum", "4",
+           "--log-interval", "1", "--metrics-port", "0", "--run", "nccl1", "--out-dir", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if res.returncode != 0:
+        return ("torchrun, NCCL, 1 process", f"FAILED (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
+    recs = [json.loads(line) for line in (out / "nccl1" / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in recs if r["event"] == "start")
+    steps = sum(r["event"] == "step" for r in recs)
+    world = start.get("world_size")
+    return ("torchrun, NCCL, 1 process", f"world_size {world}, {steps} steps, device {start['device']}")
+
+
 def scrape(port: str) -> dict[str, float]:
     for _ in range(300):
         try:
@@ -146,6 +163,8 @@ def main() -> None:
         for preset in (["small"] if args.quick else ["gpt2-124m", "gpt2-40m"]):
             rows.append(throughput(preset, device, args.quick, rate, Path(tmp)))
         rows.append(gpu_series(device, args.quick, Path(tmp)))
+        if not args.quick:
+            rows.append(torchrun_nccl(Path(tmp)))
     print("| check | result |\n| --- | --- |")
     for name, result in rows:
         print(f"| {name} | {result} |")

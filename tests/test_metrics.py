@@ -213,7 +213,7 @@ def grafana_regex(value: str) -> str:
 
 def substitute(expr: str, live: Live) -> str:
     values = {"__rate_interval": RATE_INTERVAL, "__interval": f"{SCRAPE_S}s", "__range": "1m",
-              "job": "trainer", "instance": grafana_regex(live.instance), "price_per_kwh": "0.17"}
+              "job": "trainer", "instance": grafana_regex(live.instance), "gpu": ".+", "price_per_kwh": "0.17"}
     for name, value in values.items():
         expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
     assert "$" not in expr, f"unsubstituted variable left in {expr}"

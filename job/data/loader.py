@@ -4,10 +4,16 @@ The train split is cut into non-overlapping windows of block_size + 1 tokens (in
 next-token targets). Each epoch visits every window once, in a permutation drawn from
 (seed, epoch). The loader's whole state is (epoch, cursor): saved in a checkpoint and restored,
 the next batch is exactly the one an uninterrupted run would have drawn.
+
+The state is global: with several processes (job/dist.py) each one advances it past every batch
+of the iteration and fetches only its own share (`skip` over the others'), so together they draw
+exactly the batches one process would have drawn, and the state, a checkpoint's included, is the
+same at any number of processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +73,41 @@ class TrainLoader:
             self._order, self._order_epoch = rng.permutation(self.windows.count), epoch
         return self._order
 
-    def next_rows(self) -> np.ndarray:
-        """The next batch as (batch, block_size + 1) token ids; a batch never spans two epochs,
-        the last partial one of an epoch is dropped."""
-        st = self.state
+    def _advance(self, st: LoaderState) -> tuple[int, int]:
+        """(epoch, first position) of the next batch in `st`, which moves past it; a batch never
+        spans two epochs, the last partial one of an epoch is dropped."""
         if st.cursor + self.batch_size > self.windows.count:
             st.epoch, st.cursor = st.epoch + 1, 0
-        picks = self._permutation(st.epoch)[st.cursor: st.cursor + self.batch_size]
         st.cursor += self.batch_size
-        return self.windows.fetch(np.sort(picks))
+        return st.epoch, st.cursor - self.batch_size
+
+    def _picks(self, epoch: int, start: int) -> np.ndarray:
+        return np.sort(self._permutation(epoch)[start: start + self.batch_size])
+
+    def next_rows(self) -> np.ndarray:
+        """The next batch as (batch, block_size + 1) token ids."""
+        return self.windows.fetch(self._picks(*self._advance(self.state)))
+
+    def skip(self, batches: int) -> None:
+        """Move past the next `batches` batches without reading them (other processes' share)."""
+        for _ in range(batches):
+            self._advance(self.state)
+
+    def share(self, rank: int, size: int, batches: int) -> Iterator[np.ndarray]:
+        """Process `rank` of `size`'s part of the next `batches` batches: the rank-th run of
+        batches / size of them. Once all are taken, the state has moved past every one of the
+        `batches`, on every rank alike."""
+        mine = batches // size
+        self.skip(rank * mine)
+        for _ in range(mine):
+            yield self.next_rows()
+        self.skip((size - 1 - rank) * mine)
+
+    def peek(self, batches: int, state: LoaderState | None = None) -> list[np.ndarray]:
+        """The window indices of the next `batches` batches from `state` (default: the loader's
+        own), without moving it: which text a run trains on after a given position."""
+        st = LoaderState(**vars(state or self.state))
+        return [self._picks(*self._advance(st)) for _ in range(batches)]
 
 
 def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: int,

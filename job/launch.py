@@ -1,0 +1,141 @@
+"""`job train` on several processes: `nproc` on each of `nnodes` machines, started by torchrun.
+
+torchrun is the engine: its elastic agent starts one process per GPU, meets the other machines
+(c10d rendezvous at rdzv_endpoint), and restarts the group after a crash, up to max_restarts times,
+each time from the newest checkpoint. This module only builds its command line from the settings,
+passes signals on to it once, and gives the job back its exit code (0/75/1/2), which torchrun
+would report as 1 for anything but 0, restarting the group for each of them. So the workers write
+an ending on purpose to a directory this process reads, and exit 0 (job/dist.py, exit_code): the
+agent restarts only what crashed, and a run that is done, stopped, refused or given up ends here
+with its own code.
+
+torchrun runs in a session of its own, so a Ctrl-C at the terminal reaches it once, through this
+process, and not a second time directly (a second signal would cut a worker's checkpoint short);
+and it is told to stop (SIGTERM) if this process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from job import dist
+from job.config import ENV_PREFIX, Config
+from job.errors import EXIT_DONE, EXIT_FAILED, EXIT_STOPPED, EXIT_USAGE
+from job.rundir import RunDir
+
+# How long torchrun's agent waits, after passing a SIGTERM on, for the workers to finish their
+# step and write the checkpoint before it kills them (its own default is 30 s). Inside docker's
+# --stop-timeout 120 (README), so the agent, not docker, has the last word.
+SHUTDOWN_GRACE_S = 110
+SEVERITY = (EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_DONE)  # when endings disagree, the first wins
+
+
+def wanted(cfg: Config) -> bool:
+    """Several processes asked for, and not already one of them."""
+    return cfg.processes > 1 and dist.from_env() is None
+
+
+def settings_env(cfg: Config) -> dict[str, str]:
+    """Every setting as resolved here (defaults, preset, TOML, env file, environment, flags), as
+    the JOB_* variables the workers resolve it from: the same settings, and nothing on torchrun's
+    command line that its own options could mistake for theirs (--run, --nproc)."""
+    text = lambda v: str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, float) else str(v)
+    return {f"{ENV_PREFIX}{f.name.upper()}": text(getattr(cfg, f.name)) for f in fields(Config)}
+
+
+def torchrun_command(cfg: Config, verify: bool) -> list[str]:
+    """torchrun's command line for `job train`: standalone on one machine, or c10d rendezvous at
+    rdzv_endpoint with the run's name as its id, the same on every machine. Not --fresh: that is
+    done here, once (a worker restarted by the agent must not move the run it resumes aside)."""
+    where = ["--standalone"] if cfg.nnodes == 1 else [
+        "--nnodes", str(cfg.nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", cfg.rdzv_endpoint,
+        "--rdzv-id", cfg.run_name]
+    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(cfg.nproc),
+            "--max-restarts", str(cfg.max_restarts), "--shutdown-timeout", str(SHUTDOWN_GRACE_S),
+            "-m", "job", "train", *(["--verify"] if verify else [])]
+
+
+def launch(cfg: Config, fresh: bool, verify: bool) -> int:
+    """Run `job train` on nproc processes here (one machine of nnodes); returns the job's exit code."""
+    from job.train import already_done
+
+    # a setting that cannot work ends here, before any process starts
+    dist.backend_for(cfg.device, dist.World(size=cfg.processes, local_size=cfg.nproc, distributed=True))
+    run = RunDir(cfg.run_dir)
+    if fresh and run.has_history():
+        with run.lock():  # never while a `job train` owns it
+            print(f"--fresh: moved the old run to {run.archive()}", flush=True)
+    elif not fresh and already_done(run, cfg.max_iters):
+        return EXIT_DONE
+    with tempfile.TemporaryDirectory(prefix="job-endings-") as where:
+        env = {**os.environ, **settings_env(cfg), dist.ENDINGS_DIR: where}
+        proc = subprocess.Popen(torchrun_command(cfg, verify), env=env, start_new_session=True,
+                                preexec_fn=_stop_with_parent)
+        with _passing_signals_to(proc) as passed:
+            rc = proc.wait()
+        code, summary = ending(Path(where), cfg.nproc, rc, stop_asked=bool(passed))
+    print(summary, file=sys.stderr, flush=True)
+    return code
+
+
+def ending(where: Path, nproc: int, torchrun_rc: int, stop_asked: bool = False) -> tuple[int, str]:
+    """The job's exit code and a line saying why: the ending this machine's workers wrote, when
+    every one of the last attempt did (they agree by construction; else the most severe); else
+    75 when a stop was passed on (it came before the workers could say so, or they outlived the
+    agent's grace: the newest checkpoint is whole either way); else torchrun's own status, 0 or a
+    crash it did not restart from (1)."""
+    found: list[tuple[int, int]] = []
+    for f in where.glob("rank*"):
+        with contextlib.suppress(OSError, ValueError):
+            attempt, code = (int(v) for v in f.read_text().split())
+            found.append((attempt, code))
+    last = max((a for a, _ in found), default=None)
+    codes = [c for a, c in found if a == last]
+    if len(codes) == nproc:
+        code = min(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else -1)
+        return code, (f"torchrun: the {nproc} processes on this machine ended with exit "
+                      f"{', '.join(map(str, sorted(codes)))}; exit {code}")
+    if torchrun_rc == 0:
+        return EXIT_DONE, f"torchrun: the {nproc} processes on this machine finished; exit 0"
+    if stop_asked:
+        return EXIT_STOPPED, (f"torchrun: exit {torchrun_rc} after the stop passed on to it, before every process "
+                              f"could report; the newest checkpoint is whole; exit {EXIT_STOPPED}")
+    return EXIT_FAILED, (f"torchrun: exit {torchrun_rc} after max_restarts restarts or a signal, with no ending from "
+                         f"every process (a crash: see above); exit {EXIT_FAILED}")
+
+
+@contextlib.contextmanager
+def _passing_signals_to(proc: subprocess.Popen) -> Iterator[list[int]]:
+    """SIGTERM and SIGINT go on to torchrun, which passes them to every worker: each finishes its
+    step, rank 0 writes the checkpoint, all end with 75. SIGHUP goes on as SIGTERM. Yields the
+    signals passed on."""
+    passed: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        passed.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield passed
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _stop_with_parent() -> None:
+    """In torchrun's process before it starts (Linux): SIGTERM when this launcher dies, so a
+    launcher killed with -9 does not leave the workers training on their own."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
