@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +74,15 @@ def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s")
+
+
+def kill_9_after_checkpoint(run_dir: Path, env: dict[str, str], iteration: int) -> int:
+    """Start `job train` on run_dir, SIGKILL it once checkpoint `iteration` is sealed; its pid."""
+    proc = start_job(["train", "--run", run_dir.name], cwd=ROOT, env=env)
+    wait_for(lambda: (run_dir / "ckpt" / f"ckpt_{iteration:08d}.json").is_file())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return proc.pid
 
 
 def read_log(run_dir: Path) -> list[dict]:

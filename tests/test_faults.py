@@ -27,6 +27,7 @@ from conftest import (
     assert_states_equal,
     final_state,
     job_env,
+    kill_9_after_checkpoint,
     read_log,
     run_job,
     start_job,
@@ -168,10 +169,7 @@ def test_token_ids_outside_the_vocabulary_exit_2_naming_the_shard(shakespeare: P
 
 def test_disk_full_during_a_checkpoint_exits_1_keeps_the_earlier_ones_and_resumes_bitwise(small_env, reference):
     run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
-    proc = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
-    wait_for(lambda: (run_dir / "ckpt" / "ckpt_00000006.json").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    kill_9_after_checkpoint(run_dir, small_env, 6)
     res = run_limited(["train", "--run", RUN], small_env, limit=2_000_000)  # a checkpoint is ~19 MB
     line = one_error_line(res, 1)
     assert line.startswith(f"error: cannot write {run_dir / 'ckpt'}/ckpt_0000") and "File too large" in line

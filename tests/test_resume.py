@@ -14,6 +14,7 @@ from conftest import (
     ROOT,
     assert_states_equal,
     final_state,
+    kill_9_after_checkpoint,
     read_log,
     run_job,
     start_job,
@@ -191,12 +192,8 @@ def test_a_second_train_on_the_same_run_exits_2_and_touches_nothing(small_env, r
 
 def test_after_kill_9_of_the_holder_the_next_start_takes_the_lock_and_resumes(small_env, reference):
     run_dir = Path(small_env["JOB_OUT_DIR"]) / RUN
-    holder = start_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
-    wait_for(lambda: (run_dir / "ckpt" / "ckpt_00000006.json").is_file())
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    holder.communicate()
-    assert (run_dir / "lock").read_text().strip() == str(holder.pid)  # the file stays; the lock does not
+    holder = kill_9_after_checkpoint(run_dir, small_env, 6)
+    assert (run_dir / "lock").read_text().strip() == str(holder)  # the file stays; the lock does not
     res = run_job(["train", "--run", RUN], cwd=ROOT, env=small_env)
     assert res.returncode == 0, res.stderr
     assert "resuming from" in res.stdout
