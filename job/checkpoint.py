@@ -7,6 +7,13 @@ file. Both are written atomically (job/fileio.py); the seal goes last, so a chec
 matching seal was never finished. Loading walks from the newest down and takes the first one whose
 seal matches. What a checkpoint holds is defined once, in `snapshot` and `restore`.
 
+Every checkpoint is read onto the CPU (`read`), whatever device trains: `load_state_dict` copies
+each tensor to where its parameter lives, the RNG states must be CPU byte tensors anyway, and a
+roll-back then never holds a second model and optimizer on the card. When checkpoints verify
+against their seals but none of them loads (a torch upgrade, a weights_only change, memory), the
+run is refused (`Unloadable`) rather than started over: a new run's checkpoints would rotate the
+old ones away.
+
 An imported checkpoint (`job import-nanogpt`) has the same layout with an empty data fingerprint
 and no optimizer moments: weights made elsewhere, with no data order, optimizer or RNG stream of
 a run here to continue. Restoring one loads the weights and leaves the optimizer fresh, so
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from job.errors import Failure
 from job.fileio import atomic_open, atomic_write_json, read_json, sha256_file
 from job.state import TrainState
 
@@ -32,6 +40,11 @@ if TYPE_CHECKING:
 
 PATTERN = re.compile(r"^ckpt_(\d{8})\.pt$")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile's and DDP's, in either order
+
+
+class Unloadable(Failure):
+    """Checkpoints that verify against their seals, none of which torch can load: nothing is
+    touched, and the message says which and why, and how to start over."""
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -87,10 +100,24 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     if is_imported(saved):
         optimizer.state.clear()
         return TrainState.from_state_dict(saved)
-    optimizer.load_state_dict(saved["optimizer"])
+    load_optimizer(optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"], device)
     return TrainState.from_state_dict(saved)
+
+
+# How an optimizer runs, not what it learned: the device it resumes on decides these (a run started
+# on a CPU keeps AdamW's reference loop there, and gets the fused kernel on a GPU).
+KERNEL_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """The optimizer's moments and step counts from `saved`, keeping this optimizer's own kernel
+    options (load_state_dict would put back the ones of the device the checkpoint came from)."""
+    options = [{k: g[k] for k in KERNEL_OPTIONS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, own in zip(optimizer.param_groups, options, strict=True):
+        group.update(own)
 
 
 def nonfinite(content: Any, name: str = "") -> list[str]:
@@ -155,19 +182,32 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def load_latest(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads whole; a bad one is reported on stderr and skipped."""
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint file's content, on the CPU, loading only tensors and plain containers."""
     import torch
 
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_latest(ckpt_dir: Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads whole (on the CPU); a bad one is reported on stderr and
+    skipped. None when there is none to load; Unloadable when some verify but none loads."""
+    unloadable: tuple[Path, str] | None = None
     for path in list_checkpoints(ckpt_dir):
         problem = verify(path)
         if problem is None:
             try:
-                return torch.load(path, map_location=map_location, weights_only=True), path
+                return read(path), path
             except Exception as e:  # a sealed file torch still cannot read
-                problem = f"unreadable ({type(e).__name__}: {e})"
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                problem, unloadable = f"unreadable ({reason})", unloadable or (path, reason)
         print(f"warning: checkpoint {path} is {problem}; falling back to the one before it",
               file=sys.stderr)
+    if unloadable:
+        path, reason = unloadable
+        raise Unloadable(f"checkpoints in {ckpt_dir} verify against their seals but none loads (newest: "
+                         f"{path.name}, {reason}); nothing was changed. Load them with the torch that wrote them, "
+                         f"or start over with --fresh (the old run is kept)")
     return None
 
 
@@ -209,8 +249,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+    # whatever device the states came back on, torch's setters take CPU byte tensors
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -34,6 +34,8 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False
+    deterministic: bool = False  # bitwise repeatable GPU runs (deterministic kernels, math attention); slower
+    memory_check: bool = True  # on CUDA, refuse before the first step a micro-batch that will not fit the card
     seed: int = 1337
     # model
     n_layer: int = 4

@@ -1,8 +1,19 @@
-"""The one place that picks the device and the numeric precision, and moves batches onto it."""
+"""The one place that picks the device and the numeric precision, sets the process's numerics for
+it, and moves batches onto it.
+
+bf16 is chosen only where the card multiplies it natively (compute capability 8.0 and up: Ampere,
+Ada, Hopper, Blackwell); `torch.cuda.is_bf16_supported()` also counts emulation (T4, RTX 20xx,
+V100), where bf16 runs at a fraction of fp16's rate, so those cards get fp16 with a GradScaler.
+fp32 matmuls on CUDA use TF32 (`set_float32_matmul_precision("high")`): what autocast leaves in
+fp32 (the fused loss's weight gradient, dtype=float32 runs, sampling) would otherwise run at a
+fraction of the card's rate. `deterministic` trades speed for bitwise repeatable GPU runs: see
+README, "What is bitwise where".
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Precision:
     device: torch.device
     dtype: torch.dtype  # the autocast compute dtype (float32 means no autocast)
+    why: str = ""  # why auto chose it, said at start
 
     @property
     def name(self) -> str:
@@ -24,8 +36,8 @@ class Precision:
 
     @property
     def needs_scaler(self) -> bool:
-        # fp16 overflows without loss scaling; bf16 has fp32's range and needs none
-        return self.dtype == torch.float16 and self.device.type == "cuda"
+        # fp16 gradients underflow without loss scaling (on any device); bf16 has fp32's range
+        return self.dtype == torch.float16
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -53,17 +65,44 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+BF16_CAPABILITY = (8, 0)  # Ampere: the first cards with bf16 tensor cores
+
+
+def native_bf16(capability: tuple[int, int]) -> bool:
+    """Whether a CUDA card of this compute capability multiplies bf16 in hardware."""
+    return tuple(capability) >= BF16_CAPABILITY
+
+
 def pick_precision(device: torch.device, setting: str) -> Precision:
-    """auto: bf16 on GPUs that have it, fp16 (with a GradScaler) on older GPUs, fp32 on CPU,
-    where autocast to bf16 is slower than fp32 on most processors."""
-    if setting == "auto":
-        if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
-    else:
-        dtype = DTYPES[setting]
-    return Precision(device, dtype)
+    """auto: bf16 on GPUs that have it natively, fp16 (with a GradScaler) on older GPUs, fp32 on
+    CPU, where autocast to bf16 is slower than fp32 on most processors."""
+    if setting != "auto":
+        return Precision(device, DTYPES[setting], "set by dtype")
+    if device.type != "cuda":
+        return Precision(device, torch.float32, f"auto on {device.type}")
+    name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+    if native_bf16(capability):
+        return Precision(device, torch.bfloat16, f"auto: native on {name}")
+    return Precision(device, torch.float16, f"auto: {name} (compute capability {capability[0]}.{capability[1]}) "
+                                            f"has no native bf16; fp16 with a GradScaler instead")
+
+
+def configure(device: torch.device, deterministic: bool = False) -> None:
+    """The process's numerics for `device`, before the first tensor is made on it: the card as the
+    current device (so pinned memory and new contexts land on it, not on GPU 0), TF32 for fp32
+    matmuls; with `deterministic`, algorithms that give the same bits on every run, at a cost."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at its first handle
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        # flash, memory-efficient and cuDNN attention reduce the backward with atomics: math only
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def seed_step(device: torch.device, seed: int) -> None:

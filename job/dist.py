@@ -262,21 +262,23 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
-    return DistributedDataParallel(model, device_ids=None if index is None else [index])
+    # the gradients are views into DDP's buckets: no second copy of them, no copy into the buckets
+    return DistributedDataParallel(model, device_ids=None if index is None else [index],
+                                   gradient_as_bucket_view=True)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP: for evaluation, which must not start DDP's collectives."""
+def ddp_of(model: torch.nn.Module) -> Any:
+    """The DDP module in `model` (which torch.compile may wrap), or None."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, DistributedDataParallel) else None
 
 
 def sync_grads(model: torch.nn.Module, last: bool) -> AbstractContextManager[Any]:
     """Around one micro-step's forward and backward: DDP reduces the gradients only on the last
     micro-step of an iteration (no_sync on the others), so once per iteration."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    if last or not isinstance(model, DistributedDataParallel):
+    ddp = ddp_of(model)
+    if last or ddp is None:
         return nullcontext()
-    return model.no_sync()
+    return ddp.no_sync()

@@ -7,6 +7,11 @@ For GeForce cards the rate is worked out as SMs x boost clock x 512 dense FLOP/c
 GA10x, Ada and consumer Blackwell alike); it matches NVIDIA's whitepaper tables where they list
 the card. Board power is the card's rated TGP/TDP: what the card may draw, not the wall.
 
+A card is recognised by its exact name as the driver reports it (torch and NVML print the same),
+never by a pattern: "RTX 4070 Laptop GPU" is a smaller chip than the desktop RTX 4070, an H100 NVL
+is neither the SXM nor the PCIe card, and an A10G is not an A10. A name not in the table gets no
+peak, so MFU is not shown rather than shown wrong; `peak_tflops` gives it.
+
 No torch here: `job plan` must work on a machine without it.
 """
 
@@ -31,11 +36,11 @@ class Card:
     memory_gb: float | None  # decimal GB, as marketed
     board_w: float | None  # rated board power (TGP/TDP)
     source: str
-    match: str = ""  # regex against torch/NVML device names; default: derived from the key
+    names: tuple[str, ...] = ()  # the exact names the driver reports for this card (see normal_name)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("match")
+        d.pop("names")
         return d
 
 
@@ -49,40 +54,49 @@ _SPEC = "NVIDIA product page (SMs, boost clock, memory, total graphics power)"
 
 CARDS: tuple[Card, ...] = (
     Card("rtx-3060", "GeForce RTX 3060 12GB", _geforce(28, 1777), 12, 170,
-         f"28 SMs x 1777 MHz x 512 = 25.5; {_SPEC}", r"rtx 3060(?! ti)"),
-    Card("rtx-3090", "GeForce RTX 3090", 71.0, 24, 350, f"{_AMPERE}: 71 dense (142 sparse)", r"rtx 3090(?! ti)"),
+         f"28 SMs x 1777 MHz x 512 = 25.5; {_SPEC}", ("RTX 3060",)),
+    Card("rtx-3090", "GeForce RTX 3090", 71.0, 24, 350, f"{_AMPERE}: 71 dense (142 sparse)", ("RTX 3090",)),
     Card("rtx-4060-ti-16gb", "GeForce RTX 4060 Ti 16GB", _geforce(34, 2535), 16, 165,
-         f"34 SMs x 2535 MHz x 512 = 44.1; {_SPEC}", r"rtx 4060 ti"),
+         f"34 SMs x 2535 MHz x 512 = 44.1; {_SPEC}", ("RTX 4060 Ti",)),
     Card("rtx-4070", "GeForce RTX 4070", _geforce(46, 2475), 12, 200,
          f"46 SMs x 2475 MHz x 512 = 58.3 (half of the 116.6 FP16-accumulate figure); {_SPEC}",
-         r"rtx 4070(?! ti| super)"),
+         ("RTX 4070",)),
     Card("rtx-4070-super", "GeForce RTX 4070 SUPER", _geforce(56, 2475), 12, 220,
-         f"56 SMs x 2475 MHz x 512 = 71.0; {_SPEC}", r"rtx 4070 super"),
+         f"56 SMs x 2475 MHz x 512 = 71.0; {_SPEC}", ("RTX 4070 SUPER",)),
     Card("rtx-4070-ti", "GeForce RTX 4070 Ti", _geforce(60, 2610), 12, 285,
-         f"60 SMs x 2610 MHz x 512 = 80.2; {_ADA}", r"rtx 4070 ti(?! super)"),
+         f"60 SMs x 2610 MHz x 512 = 80.2; {_ADA}", ("RTX 4070 Ti",)),
     Card("rtx-4080", "GeForce RTX 4080", _geforce(76, 2505), 16, 320,
-         f"76 SMs x 2505 MHz x 512 = 97.5; {_ADA}", r"rtx 4080(?! super)"),
+         f"76 SMs x 2505 MHz x 512 = 97.5; {_ADA}", ("RTX 4080",)),
     Card("rtx-4090", "GeForce RTX 4090", 165.2, 24, 450, f"{_ADA}: 165.2 dense (330.3 with FP16 accumulate)",
-         r"rtx 4090"),
+         ("RTX 4090",)),
     Card("rtx-5090", "GeForce RTX 5090", _geforce(170, 2407), 32, 575,
          "170 SMs x 2407 MHz x 512 = 209.5; NVIDIA RTX Blackwell GPU architecture whitepaper "
-         "(FP16/BF16 with FP32 accumulate 209.5 dense); 575 W TGP", r"rtx 5090"),
+         "(FP16/BF16 with FP32 accumulate 209.5 dense); 575 W TGP", ("RTX 5090",)),
     Card("a10", "NVIDIA A10", 125.0, 24, 150, "NVIDIA A10 datasheet: BF16 tensor 125 dense (250 sparse), 150 W",
-         r"\ba10\b(?!0)"),
+         ("A10",)),
     Card("a100", "NVIDIA A100 SXM4 80GB", 312.0, 80, 400,
-         "NVIDIA A100 datasheet: BF16 tensor 312 dense (624 sparse); SXM4 80GB, 400 W", r"a100.*80"),
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense (624 sparse); SXM4 80GB, 400 W", ("A100-SXM4-80GB",)),
     Card("a100-40gb", "NVIDIA A100 SXM4 40GB", 312.0, 40, 400,
-         "NVIDIA A100 datasheet: BF16 tensor 312 dense; SXM4 40GB, 400 W (PCIe: 250 W)", r"a100"),
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense; SXM4 40GB, 400 W", ("A100-SXM4-40GB",)),
+    Card("a100-pcie", "NVIDIA A100 PCIe 80GB", 312.0, 80, 300,
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense; PCIe 80GB, 300 W", ("A100 80GB PCIe",)),
+    Card("a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", 312.0, 40, 250,
+         "NVIDIA A100 datasheet: BF16 tensor 312 dense; PCIe 40GB, 250 W", ("A100-PCIE-40GB",)),
     Card("l4", "NVIDIA L4", 121.0, 24, 72, "NVIDIA L4 datasheet: BF16 tensor 242 sparse = 121 dense, 72 W",
-         r"\bl4\b"),
+         ("L4",)),
     Card("l40s", "NVIDIA L40S", 362.05, 48, 350, "NVIDIA L40S datasheet: BF16 tensor 362.05 dense (733 sparse), 350 W",
-         r"l40s"),
+         ("L40S",)),
     Card("h100-sxm", "NVIDIA H100 SXM5 80GB", 989.4, 80, 700,
-         "NVIDIA H100 datasheet: BF16 tensor 1979 sparse = 989.4 dense; SXM5, up to 700 W", r"h100.*(sxm|hbm3)"),
+         "NVIDIA H100 datasheet: BF16 tensor 1979 sparse = 989.4 dense; SXM5, up to 700 W",
+         ("H100 80GB HBM3", "H100 SXM5 80GB")),
     Card("h100-pcie", "NVIDIA H100 PCIe 80GB", 756.0, 80, 350,
-         "NVIDIA H100 datasheet: BF16 tensor 1513 sparse = 756 dense; PCIe, 350 W", r"h100"),
+         "NVIDIA H100 datasheet: BF16 tensor 1513 sparse = 756 dense; PCIe, 350 W", ("H100 PCIe",)),
+    Card("h100-nvl", "NVIDIA H100 NVL 94GB", 835.5, 94, 400,
+         "NVIDIA H100 datasheet: BF16 tensor 1671 sparse = 835.5 dense; NVL, 350-400 W", ("H100 NVL",)),
     Card("h200", "NVIDIA H200 SXM 141GB", 989.4, 141, 700,
-         "NVIDIA H200 datasheet: BF16 tensor 1979 sparse = 989.4 dense; 141 GB HBM3e, up to 700 W", r"h200"),
+         "NVIDIA H200 datasheet: BF16 tensor 1979 sparse = 989.4 dense; 141 GB HBM3e, up to 700 W", ("H200",)),
+    Card("h200-nvl", "NVIDIA H200 NVL 141GB", 835.5, 141, 600,
+         "NVIDIA H200 datasheet: BF16 tensor 1671 sparse = 835.5 dense; NVL, up to 600 W", ("H200 NVL",)),
     Card("cpu", "CPU", None, None, None,
          "no table value: give the rate with --peak-tflops (and the power with --watts)"),
 )
@@ -109,17 +123,20 @@ def lookup(key: str) -> Card:
     return card
 
 
+def normal_name(name: str) -> str:
+    """A device name as compared: case, spacing, dashes and the "NVIDIA"/"GeForce" words ignored
+    ('NVIDIA GeForce RTX 4070' -> 'rtx 4070', 'NVIDIA A100-SXM4-80GB' -> 'a100 sxm4 80gb')."""
+    words = re.sub(r"[\s_-]+", " ", name.strip().lower()).split()
+    return " ".join(w for w in words if w not in ("nvidia", "geforce"))
+
+
+BY_NAME = {normal_name(n): c for c in CARDS for n in c.names}
+
+
 def from_device_name(name: str) -> Card | None:
-    """'NVIDIA GeForce RTX 4070' -> the rtx-4070 row. Rows are tried in table order, so the
-    more specific patterns (A100 80GB before any A100, H100 SXM before PCIe) come first."""
-    low = name.lower()
-    for card in CARDS:
-        if card.key == "cpu":
-            continue
-        pattern = card.match or re.escape(card.key.replace("-", " "))
-        if re.search(pattern, low):
-            return card
-    return None
+    """'NVIDIA GeForce RTX 4070' -> the rtx-4070 row; None for a name the table does not list
+    exactly (a Laptop GPU, a D or Ti variant not in it, a card we have no figures for)."""
+    return BY_NAME.get(normal_name(name))
 
 
 def host_memory_gb() -> float | None:

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from job.config import Config
-from job.device import pick_device, pick_precision
+from job.device import configure, pick_device, pick_precision
 from job.model import GPT, build_model
 
 
@@ -85,6 +85,7 @@ def measure_steps(cfg: Config, warmup: int = 2, steps: int = 3) -> dict[str, Any
     allocator warm-up), then `steps` timed micro-steps and one timed optimizer step. An
     iteration is grad_accum micro-steps plus the optimizer step."""
     device = pick_device(cfg.device)
+    configure(device, cfg.deterministic)
     prec = pick_precision(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)

@@ -93,13 +93,17 @@ class ChunkedHeadLoss(torch.autograd.Function):
     its weights, and streaming them through memory for softmax and its gradient costs more than
     the matmul on a CPU. Here each chunk's logits are made, turned into the loss and its gradient
     (softmax minus one-hot) and dropped while still in cache; the gradients for the hidden states
-    and the head weight are kept for backward, which only scales them.
+    and the head weight are kept for backward, which only scales them. Under fp16 autocast the
+    hidden states' gradient is taken from the unscaled softmax (values up to 1) and divided by the
+    row count in fp32 afterwards: divided first, most of it would underflow fp16.
     """
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         n = h.size(0)
-        grad_h = torch.empty_like(h)
+        device = h.device.type
+        late = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+        grad_h = torch.empty(h.shape, dtype=torch.float32 if late else h.dtype, device=h.device)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for i in range(0, n, chunk):
@@ -109,17 +113,34 @@ class ChunkedHeadLoss(torch.autograd.Function):
             total += (lse.squeeze(1) - z.gather(1, tc[:, None]).squeeze(1)).sum()
             p = z.sub_(lse).exp_()  # softmax, in place of the logits
             p[torch.arange(p.size(0), device=p.device), tc] -= 1.0
+            if late:
+                grad_h[i:i + chunk] = p.to(h.dtype) @ weight.to(h.dtype)
             p /= n
-            grad_h[i:i + chunk] = p.to(h.dtype) @ weight.to(h.dtype)
+            if not late:
+                grad_h[i:i + chunk] = p.to(h.dtype) @ weight.to(h.dtype)
             grad_w.addmm_(p.t().to(grad_w.dtype), hc.to(grad_w.dtype))  # in place: no weight-sized temporary
+        if late:
+            grad_h /= n
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.weight_dtype = weight.dtype
+        ctx.dtypes = h.dtype, weight.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, (grad_w * grad_out).to(ctx.weight_dtype), None, None
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h * grad_out).to(h_dtype), (grad_w * grad_out).to(w_dtype), None, None
+
+
+def chunked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """ChunkedHeadLoss's loss alone, for evaluation: the same sums in the same order, so the same
+    number, without the gradient work (under no_grad that is most of the cost)."""
+    total = torch.zeros((), dtype=torch.float32, device=h.device)
+    for i in range(0, h.size(0), chunk):
+        z = (h[i:i + chunk] @ weight.t()).float()
+        tc = targets[i:i + chunk]
+        total += (torch.logsumexp(z, dim=-1) - z.gather(1, tc[:, None]).squeeze(1)).sum()
+    return total / h.size(0)
 
 
 class GPT(nn.Module):
@@ -172,16 +193,18 @@ class GPT(nn.Module):
         return self.lm_head(self.hidden(idx))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """(last position's logits, None) for generation; (None, mean loss) with targets: training
+        and evaluation need no logits, and returning them would keep the largest tensor of the
+        step alive through backward and into the next micro-step."""
         x = self.hidden(idx)
         if targets is None:  # generation needs only the last position's logits
             return self.lm_head(x[:, [-1], :]), None
+        h, t = x.reshape(-1, x.size(-1)), targets.reshape(-1)
+        if self.cfg.loss_chunk and torch.is_grad_enabled():
+            return None, ChunkedHeadLoss.apply(h, self.lm_head.weight, t, self.cfg.loss_chunk)
         if self.cfg.loss_chunk:
-            loss = ChunkedHeadLoss.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight,
-                                         targets.reshape(-1), self.cfg.loss_chunk)
-            return None, loss
-        logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+            return None, chunked_loss(h, self.lm_head.weight, t, self.cfg.loss_chunk)
+        return None, F.cross_entropy(self.lm_head(h).float(), t)
 
     def optimizer(self, lr: float, weight_decay: float, betas: tuple[float, float],
                   device_type: str) -> torch.optim.AdamW:

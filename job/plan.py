@@ -4,21 +4,8 @@ energy and money — by arithmetic alone (no torch; `--measure` imports job.meas
 Time is FLOPs / (the peak of the card in use x MFU), with the peak from job/gpus.py, never an
 A100's 312 TFLOP/s whatever the card. FLOPs come from job/flops.py, as in the training log.
 
-The memory model counts what eager PyTorch keeps for one micro-step of job/model.py (checked
-against torch on CPU in tests/test_plan.py), per sequence of T tokens, with d = n_embd,
-h = n_head, c = bytes of the compute dtype (2 for bf16/fp16, 4 for fp32), and the residual
-stream in fp32 (autocast leaves it there):
-  activations per layer per token: 2 LayerNorm inputs in fp32 (8d) + the inputs of the four
-    matmuls, q/k/v, the attention output and the GELU input and output in the compute dtype
-    (14·c·d: 36d bytes in bf16, Korthikanti et al.'s "34·s·b·h" less dropout masks, plus fp32
-    LayerNorm inputs) + LayerNorm statistics (16) + flash attention's log-sum-exp (4h). Flash or
-    memory-efficient attention is what SDPA picks on CUDA and CPU for this model; without it
-    the T x T attention matrices would add c·h·T per token and layer.
-  logits: b·T·V·c (the model's output, kept while the loss backpropagates) + fp32 log-probs saved
-    by the loss (4·b·T·V) + in backward their gradient and the logits' gradient in fp32 (8·b·T·V).
-    With compile on, inductor fuses the loss and keeps only the logits and their gradient in the
-    compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check. With
-    loss_chunk set, the fused chunked head + loss holds one chunk's logits at a time instead.
+The memory model is job/memory.py's, the same one `job train` checks against the card before
+its first step.
 
 Several GPUs (nproc x nnodes, DDP): each takes grad_accum / N of the micro-batches, so memory per
 card is one card's plus DDP's gradient buckets (a second fp32 copy of the gradients), and time is
@@ -39,10 +26,8 @@ from job.errors import ConfigError
 from job.fileio import read_json
 from job.flops import param_counts, total_flops
 from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup, peak_flops
+from job.memory import compute_bytes, largest_fit, memory
 
-GIB = 2**30
-WORKSPACE_GPU = GIB // 2  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator
-ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation on top of what tensors hold
 DEFAULT_MFUS = (0.3, 0.4, 0.5)
 DEFAULT_SCALING = 0.9  # time on N GPUs = time on one / (N x this); see the docstring
 WALL_NOTE = "board power x hours; the wall draws more (PSU losses, CPU, fans: often +20-40%)"
@@ -93,62 +78,6 @@ def dataset_tokens_from_manifest(cfg: Config) -> tuple[float | None, str]:
     return float(tokens), str(path)
 
 
-def compute_bytes(cfg: Config, card: Card) -> tuple[str, int]:
-    dtype = cfg.dtype
-    if dtype == "auto":  # as job.device.pick_precision: bf16 on every card in the table, fp32 on CPU
-        dtype = "float32" if card.key == "cpu" else "bfloat16"
-    return dtype, 4 if dtype == "float32" else 2
-
-
-def activation_bytes(cfg: Config, batch: int, c: int) -> int:
-    d, h, L, T = cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.block_size
-    per_layer = 2 * 4 * d + 14 * c * d + 16 + 4 * h
-    # + final LayerNorm input (fp32) and statistics, the head's input (c), token ids and targets (int64)
-    per_token = L * per_layer + 4 * d + 8 + c * d + 16
-    return batch * T * per_token + 8 * T  # + the position ids
-
-
-def logits_bytes(cfg: Config, batch: int, c: int) -> int:
-    if cfg.loss_chunk:  # model.ChunkedHeadLoss: one chunk's fp32 logits and softmax at a time,
-        # plus the gradients it keeps for backward (hidden states, fp32 head weight)
-        rows = min(cfg.loss_chunk, batch * cfg.block_size)
-        return 2 * 4 * rows * cfg.vocab_size + 4 * batch * cfg.block_size * cfg.n_embd + 4 * cfg.vocab_size * cfg.n_embd
-    btv = batch * cfg.block_size * cfg.vocab_size
-    return 2 * c * btv if cfg.compile else (c + 12) * btv
-
-
-def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[str, int]:
-    """Peak bytes of one training micro-step, by part."""
-    b = cfg.batch_size if batch is None else batch
-    n = param_counts(cfg)
-    d, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    parts = {
-        "weights": 4 * n["total"],  # fp32 master weights
-        # autocast's compute-dtype copies of every matmul weight, kept for backward
-        "weight_copies": c * (V * d + 12 * L * d * d) if c < 4 else 0,
-        "grads": 4 * n["total"],
-        "adamw": 8 * n["total"],  # exp_avg and exp_avg_sq in fp32
-        "activations": activation_bytes(cfg, b, c),
-        "logits": logits_bytes(cfg, b, c),
-        "grad_buckets": 4 * n["total"] if cfg.processes > 1 else 0,  # DDP's copy of the gradients
-    }
-    tensors = sum(parts.values())
-    parts["workspace"] = int(WORKSPACE_GPU + ALLOCATOR_SLACK * tensors) if on_gpu else 0
-    parts["total"] = tensors + parts["workspace"]
-    return parts
-
-
-def largest_fit(cfg: Config, c: int, on_gpu: bool, capacity: float) -> tuple[int, int] | None:
-    """The largest micro-batch that fits and divides the sequences per iteration, and the
-    grad_accum that keeps tokens per iteration the same (and splits over the GPUs); None if not
-    even 1 fits."""
-    sequences, n = cfg.batch_size * cfg.grad_accum, cfg.processes
-    for b in range(sequences, 0, -1):
-        if sequences % b == 0 and (sequences // b) % n == 0 and memory(cfg, c, on_gpu, b)["total"] <= capacity:
-            return b, sequences // b
-    return None
-
-
 def time_row(flops_iter: float, flops_total: float, achieved: float, watts: float | None,
              cfg: Config, mfu: float | None) -> dict[str, Any]:
     hours = flops_total / achieved / 3600
@@ -180,8 +109,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     peak_from = "peak_tflops setting" if cfg.peak_tflops else ("table" if card.peak_tflops else None)
     memory_gb = card.memory_gb or detected_gb
     watts = watts or card.board_w
-    dtype, c = compute_bytes(cfg, card)
     on_gpu = card.key != "cpu"
+    dtype, c = compute_bytes(cfg, on_gpu)
     scale = scaling(cfg, efficiency)
     speedup, cards = scale["gpus"] * scale["efficiency"], scale["gpus"]
 

@@ -32,13 +32,14 @@ from job import checkpoint, dist
 from job.config import SHAPE_KEYS, Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.loader import TrainLoader, val_batches
-from job.device import Precision, pick_device, pick_precision, seed_step, to_device
+from job.device import Precision, configure, pick_device, pick_precision, seed_step, to_device
 from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
 from job.evaluate import evaluate
 from job.fileio import clean_temporaries
 from job.flops import flops_per_token, forecast
 from job.gpus import Card, card_for, peak_flops
 from job.hooks import RunHooks, StartInfo, StepInfo
+from job.memory import check_fit
 from job.model import GPT, build_model
 from job.rundir import NullLog, RunDir, RunLog
 from job.state import TrainState
@@ -66,7 +67,8 @@ class Session:
     data: Dataset
     prec: Precision
     model: GPT
-    step_model: torch.nn.Module  # the model, compiled when compile is on, in DDP under torchrun
+    step_model: torch.nn.Module  # the model, in DDP under torchrun, compiled (around DDP) when compile is on
+    eval_model: torch.nn.Module  # the model without DDP, compiled when compile is on (its own graph: no_grad, eval)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: TrainLoader
@@ -80,6 +82,7 @@ class Session:
     ema_step_s: float | None = None  # smoothed step time, for the ETA
     bad_in_row: int = 0  # non-finite steps in a row
     rollbacks_in_row: int = 0  # roll-backs since the last good checkpoint was written
+    evaluated: bool = False  # whether this start has evaluated yet (the first one compiles, with compile on)
     world: dist.World = dist.SINGLE  # this process's place in the job
     stop: StopFlag | None = None  # set by the loop: a signal to this process
     limit: tuple[float, str] | None = None  # set by the loop: the time window's end
@@ -139,8 +142,7 @@ def run_loop(s: Session) -> int:
             it = st.iteration
             # evaluate on the fixed val batches
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                info.val_loss = st.val_loss = evaluate(dist.unwrap(s.step_model), s.val, s.prec)
-                s.log.write("eval", iteration=it, val_loss=info.val_loss)
+                info.val_loss = st.val_loss = timed_eval(s)
             # log: a record in log.jsonl and a line on the terminal (every skipped step too)
             if it % cfg.log_interval == 0 or it in (1, cfg.max_iters) or step.skipped:
                 log_step(s, info)
@@ -163,6 +165,21 @@ def run_loop(s: Session) -> int:
                 return EXIT_STOPPED
     finish(s)
     return EXIT_DONE
+
+
+def timed_eval(s: Session) -> float:
+    """Val loss on the fixed batches, logged with its seconds: with compile on, the first one
+    includes compiling the evaluation graph (said once on the terminal)."""
+    t0 = time.time()
+    loss = evaluate(s.eval_model, s.val, s.prec)
+    seconds = time.time() - t0
+    first = not s.evaluated
+    s.evaluated = True
+    s.log.write("eval", iteration=s.state.iteration, val_loss=loss, seconds=round(seconds, 3),
+                **({"compiled": True} if first and s.cfg.compile else {}))
+    if first and s.cfg.compile and s.world.writer:
+        print(f"first evaluation took {seconds:.1f} s (compiling its graph once; later ones reuse it)", flush=True)
+    return loss
 
 
 def time_window(s: Session) -> tuple[float, str] | None:
@@ -246,7 +263,7 @@ def rollback(s: Session, why: str) -> None:
     cfg, st = s.cfg, s.state
     it, found = st.iteration, None
     if s.rollbacks_in_row < cfg.rollback_limit:
-        found = dist.from_rank0(lambda: checkpoint.load_latest(s.run.ckpt, map_location=restore_location(s.device)))
+        found = dist.from_rank0(lambda: checkpoint.load_latest(s.run.ckpt))
     s.log.write("rollback" if found else "diverged", iteration=it, reason=why, rollbacks=s.rollbacks_in_row)
     advice = f"lower lr (now {cfg.lr:g}) or raise warmup_iters, or check the data ({cfg.data})"
     if found is None and s.rollbacks_in_row == 0:
@@ -283,8 +300,11 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     device = prec.device
     data_of_rank0 = dist.from_rank0(lambda: data.fingerprint)
     dist.agreed(lambda: same_data(data, data_of_rank0))
-    resumed = dist.from_rank0(lambda: resume_point(cfg, run, data.fingerprint, device))
+    resumed = dist.from_rank0(lambda: resume_point(cfg, run, data.fingerprint))
 
+    if device.type == "cuda" and cfg.memory_check:
+        dist.agreed(lambda: check_fit(cfg, prec.dtype.itemsize, torch.cuda.mem_get_info(device)[0],
+                                      torch.cuda.get_device_name(device)))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
     optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
@@ -299,12 +319,19 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     card = card_for(device)
     s = Session(
         cfg=cfg, run=run, data=data, prec=prec, model=model,
-        step_model=dist.wrap(torch.compile(model) if cfg.compile else model, device), optimizer=optimizer,
+        step_model=compiled(dist.wrap(model, device), cfg.compile), eval_model=compiled(model, cfg.compile),
+        optimizer=optimizer,
         scaler=scaler, loader=loader, val=val, state=state, log=run.open_log() if world.writer else NullLog(),
         hooks=hooks, card=card, peak=peak_flops(card, cfg.peak_tflops), world=world,
     )
     announce(s, resumed_from)
     return s
+
+
+def compiled(model: torch.nn.Module, on: bool) -> torch.nn.Module:
+    """The step's module compiled around DDP (not inside it), so that compile splits the graph at
+    DDP's gradient buckets and each bucket's all-reduce overlaps the rest of the backward."""
+    return torch.compile(model) if on else model
 
 
 def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.ndarray], Precision]:
@@ -313,26 +340,21 @@ def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.
     loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
     val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
     device = pick_device(cfg.device)
+    configure(device, cfg.deterministic)
     return data, loader, val, pick_precision(device, cfg.dtype)
 
 
-def resume_point(cfg: Config, run: RunDir, fingerprint: str,
-                 device: torch.device) -> tuple[dict[str, Any], Path] | None:
-    """On rank 0: the newest whole checkpoint, unless it cannot be continued faithfully; then the
-    run's first write, its settings."""
+def resume_point(cfg: Config, run: RunDir, fingerprint: str) -> tuple[dict[str, Any], Path] | None:
+    """On rank 0: the newest whole checkpoint (on the CPU: restoring copies it to the device; under
+    torchrun rank 0 hands it to the other ranks), unless it cannot be continued faithfully, or
+    checkpoints are there and none loads; then the run's first write, its settings."""
     clean_temporaries(run.ckpt)
-    resumed = checkpoint.load_latest(run.ckpt, map_location=restore_location(device))
+    resumed = checkpoint.load_latest(run.ckpt)
     if resumed:
         refuse_incompatible(resumed[0], cfg, fingerprint)
     run.write_config(cfg.to_dict())
     run.clear_done()  # max_iters was raised past a finished run: carry on
     return resumed
-
-
-def restore_location(device: torch.device) -> torch.device | str:
-    """Where a checkpoint is loaded: the device; or the CPU under torchrun, so that rank 0 can
-    hand it to the other ranks, each of which puts it on its own GPU."""
-    return "cpu" if dist.current().distributed else device
 
 
 def same_data(data: Dataset, rank0_fingerprint: str) -> None:
@@ -372,8 +394,11 @@ def announce(s: Session, resumed_from: Path | None) -> None:
         s.hooks.on_start(info)
     where = f"resuming from {resumed_from.name} at iteration {st.iteration}" if resumed_from else "starting"
     on = f"{s.world.size} processes (DDP, {s.device.type})" if s.world.distributed else str(s.device)
-    print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {on} ({s.prec.name}), "
+    print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {on} ({s.prec.name}, {s.prec.why}), "
           f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
+    if s.device.type == "cuda" and s.peak is None and s.world.writer:
+        print(f"note: no MFU: {torch.cuda.get_device_name(s.device)} is not in the card table (job plan --gpu "
+              f"lists it); set peak_tflops (JOB_PEAK_TFLOPS) to its dense bf16 TFLOP/s to see MFU", flush=True)
 
 
 def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:

@@ -17,8 +17,8 @@ from job.config import resolve
 from job.data.shards import write_manifest, write_shard
 from job.gpus import BY_KEY, CARDS, from_device_name
 from job.measure import step_memory
+from job.memory import activation_bytes, largest_fit, logits_bytes, memory
 from job.model import GPT, GPTConfig
-from job.plan import activation_bytes, largest_fit, logits_bytes, memory
 
 ROOT = Path(__file__).resolve().parents[1]
 

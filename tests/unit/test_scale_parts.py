@@ -65,7 +65,7 @@ def test_outside_torchrun_every_helper_is_the_identity(monkeypatch):
     assert dist.all_sum(t) is t and t.tolist() == [1.5, 2.0]
     assert dist.sum_floats([0.1], torch.device("cpu")) == [0.1]
     model = torch.nn.Linear(2, 2)
-    assert dist.wrap(model, torch.device("cpu")) is model and dist.unwrap(model) is model
+    assert dist.wrap(model, torch.device("cpu")) is model and dist.ddp_of(model) is None
     assert dist.exit_code(75) == 75
 
     def refuse() -> None:
