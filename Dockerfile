@@ -53,17 +53,20 @@ RUN /opt/venv/bin/pip install --no-deps . \
 ENV TIKTOKEN_CACHE_DIR=/opt/tiktoken
 RUN /opt/venv/bin/python -c "import tiktoken; assert tiktoken.get_encoding('gpt2').n_vocab == 50257"
 
-# ---- runtime: the venv, a non-root user, nothing else --------------------------------------------
+# ---- runtime: the venv, a non-root user, the C toolchain torch.compile needs --------------------------------------------
 # A -base CUDA image, not -runtime: the torch wheel brings its own cuBLAS, cuDNN and NCCL (the
 # nvidia-* wheels), so -runtime's copies would only add gigabytes. The driver comes from the host
 # through the NVIDIA container toolkit (--gpus all).
 FROM ${CUDA_IMAGE}
 # tini: PID 1 that forwards signals and reaps children. tzdata: stop_at is local time (mount the
-# host's /etc/localtime, or set TZ).
+# host's /etc/localtime, or set TZ). gcc, libc6-dev and python3-dev: torch.compile (inductor and
+# Triton) builds C extensions at run time and fails on its first compiled step without a C
+# compiler, libc's headers and Python.h (the GPU presets turn compile on).
 # DL3008 ignored, as above: the Ubuntu release is pinned by the base image tag.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 tini tzdata \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev \
+    tini tzdata \
  && rm -rf /var/lib/apt/lists/*
 # UID/GID: match the host user that owns data/ and runs/ (make docker-build passes `id -u`).
 ARG UID=1000

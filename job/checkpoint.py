@@ -190,25 +190,35 @@ def read(path: Path) -> dict[str, Any]:
 
 
 def load_latest(ckpt_dir: Path) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads whole (on the CPU); a bad one is reported on stderr and
-    skipped. None when there is none to load; Unloadable when some verify but none loads."""
+    """The newest checkpoint that loads whole (on the CPU); each bad one before it is reported on
+    stderr. None when there is none to load; Unloadable, in one line, when some verify against
+    their seals but none of them loads."""
+    skipped: list[str] = []
     unloadable: tuple[Path, str] | None = None
     for path in list_checkpoints(ckpt_dir):
         problem = verify(path)
         if problem is None:
             try:
-                return read(path), path
+                content = read(path)
             except Exception as e:  # a sealed file torch still cannot read
-                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                 problem, unloadable = f"unreadable ({reason})", unloadable or (path, reason)
-        print(f"warning: checkpoint {path} is {problem}; falling back to the one before it",
-              file=sys.stderr)
+            else:
+                warn_skipped(skipped)
+                return content, path
+        skipped.append(f"warning: checkpoint {path} is {problem}; falling back to the one before it")
     if unloadable:
         path, reason = unloadable
         raise Unloadable(f"checkpoints in {ckpt_dir} verify against their seals but none loads (newest: "
-                         f"{path.name}, {reason}); nothing was changed. Load them with the torch that wrote them, "
-                         f"or start over with --fresh (the old run is kept)")
+                         f"{path.name}, {reason[:300]}); nothing was changed. Load them with the torch that wrote "
+                         f"them, or start over with --fresh (the old run is kept)")
+    warn_skipped(skipped)
     return None
+
+
+def warn_skipped(lines: list[str]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def latest_seal(ckpt_dir: Path) -> dict[str, Any] | None:
