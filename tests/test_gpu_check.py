@@ -5,6 +5,7 @@ box's packages."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,29 @@ from conftest import ROOT, job_env
 import job
 
 sys.path.insert(0, str(ROOT / "scripts"))
+import gpu_check  # noqa: E402
 import gpu_wheels  # noqa: E402
+
+
+def test_gpu_check_quick_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path: Path):
+    """Every row of the acceptance run, small and on the CPU: PASS, or SKIP naming why (CUDA)."""
+    out = tmp_path / "report"
+    res = subprocess.run(["bash", "scripts/gpu_check.sh", "--quick", "--out", f"{out}/"], cwd=ROOT, env=job_env(),
+                         capture_output=True, text=True, timeout=600)
+    doc = json.loads((out / "gpu_check.json").read_text())
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert res.returncode == 0 and doc["ok"], res.stdout + res.stderr[-3000:]
+    assert set(rows) == {name for name, _ in gpu_check.ROWS}
+    for r in rows.values():
+        assert r["status"] in ("PASS", "SKIP") and r["reason"], r
+        if r["status"] == "SKIP":
+            assert "needs CUDA" in r["reason"] or "need CUDA" in r["reason"], r
+    assert rows["SIGTERM -> exit 75 -> resume"]["figures"]["max_difference"] == 0.0
+    assert rows["forced roll-back (non-finite loss)"]["figures"]["rollbacks"] >= 1
+    assert rows["metrics: GPU series"]["figures"]["steps"] > 0, "the scraped trainer must have been training"
+    table = (out / "gpu_check.md").read_text()
+    assert table in res.stdout and all(f"| {name} | {r['status']} |" in table for name, r in rows.items())
+
 
 # ---- the carried wheels -------------------------------------------------------------------------
 
