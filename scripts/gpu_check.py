@@ -1,13 +1,13 @@
-"""The GPU check: what the CUDA path does on this machine, as one table for an issue note.
+"""The GPU acceptance run: what the CUDA path does on this machine, as one table for an issue note.
 
-Rows: the machine (torch, CUDA, card, driver); the card's measured dense bf16 matmul rate; `job
-plan`'s predicted peak memory and step time against measured ones (gpt2-40m at micro-batch 16);
-training throughput, MFU (against the table's peak and against the measured rate) and compile time
-for gpt2-124m and gpt2-40m; the metrics endpoint's GPU series during a real run (power > 0, energy
-rising, memory > 0). Every figure comes from a real `python -m job` process or a timed kernel.
+Invariant: every row runs, whatever an earlier one did; each ends PASS, FAIL or SKIP with its
+reason and figures; the table is printed and written as markdown and JSON (--out) even when rows
+fail; the exit code is 0 only if no row FAILs. Every figure comes from a real `python -m job`
+process (torchrun included) or a timed kernel; each process has a timeout taken from one time
+budget (--budget, default 570 s), so the whole call fits 10 minutes on an H200 including compiles.
 
-    scripts/gpu_check.sh                 on a GPU box (it bootstraps what a bare one lacks)
-    scripts/gpu_check.sh --quick         the same steps, small and on the CPU: keeps this script honest
+    scripts/gpu_check.sh --out DIR            on a GPU box (it bootstraps what a bare one lacks)
+    scripts/gpu_check.sh --quick --out DIR    every row small on the CPU; the CUDA-only ones SKIP
 """
 
 from __future__ import annotations
@@ -15,160 +15,511 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "--batch-size", "4",
-         "--loss-chunk", "0"]
+# The CPU stand-in for every model (--quick): the 50304-way head dominates, so keep the rest small.
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
+         "--loss-chunk", "0", "--grad-accum", "1", "--peak-tflops", "1"]
+GPU_SMALL = ["--preset", "tiny", "--loss-chunk", "0", "--no-compile"]  # rows about behaviour, not speed
+TOLERANCE = 0.15  # plan vs measured
 
 
-def job(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if res.returncode != 0:
-        sys.exit(f"`job {' '.join(args)}` failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+class Fail(Exception):
+    """The row's check did not hold; the message says what was seen (and figures, if any)."""
+
+    def __init__(self, reason: str, figures: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.figures = figures or {}
+
+
+class Skip(Fail):
+    """The row means nothing here; the message says why."""
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    device: str
+    work: Path
+    deadline: float
+    data: Path = Path()
+    rate: float = 0.0  # measured dense matmul FLOP/s
+    runs: dict[str, Path] = field(default_factory=dict)  # what later rows reuse: name -> run dir
+    steady_ms: dict[str, float] = field(default_factory=dict)
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+
+@dataclass
+class Row:
+    name: str
+    status: str = "FAIL"
+    reason: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+def env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
+    return {**base, "PYTHONUNBUFFERED": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8", **extra}
+
+
+def run(ctx: Ctx, cmd: list[str], expect: int = 0, limit: float = 300, **extra_env: str
+        ) -> subprocess.CompletedProcess:
+    timeout = min(limit, ctx.left())
+    if timeout < 5:
+        raise Fail("the time budget was spent before this step")
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env(**extra_env))
+    except subprocess.TimeoutExpired as e:
+        raise Fail(f"`{' '.join(cmd[2:6])} ...` timed out after {timeout:.0f} s") from e
+    if res.returncode != expect:
+        last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-3:]
+        raise Fail(f"`{' '.join(cmd[2:6])} ...` exit {res.returncode}, expected {expect}: {' / '.join(last)}")
     return res
 
 
-def machine(device: str) -> list[tuple[str, str]]:
+def job(ctx: Ctx, *args: str, expect: int = 0, limit: float = 300) -> subprocess.CompletedProcess:
+    return run(ctx, [sys.executable, "-m", "job", *args], expect, limit)
+
+
+def train_args(ctx: Ctx, name: str, shape: list[str], iters: int, *extra: str) -> list[str]:
+    """`job train` for run `name` under the work dir: log every step, one eval and checkpoint at the end."""
+    return ["train", *shape, "--device", ctx.device, "--data", str(ctx.data), "--out-dir", str(ctx.work / "runs"),
+            "--run", name, "--max-iters", str(iters), "--eval-interval", str(iters), "--eval-iters", "2",
+            "--log-interval", "1", "--ckpt-interval", str(iters), "--metrics-port", "0", *extra]
+
+
+def records(run_dir: Path, event: str | None = None) -> list[dict[str, Any]]:
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in recs if event is None or r["event"] == event]
+
+
+def steady(run_dir: Path) -> dict[str, float]:
+    """Median step time, tokens/s and MFU over the second half of the run's steps (past compile)."""
+    steps = records(run_dir, "step")
+    half = steps[len(steps) // 2:]
+    mfus = [s["mfu"] for s in half if s.get("mfu") is not None]
+    return {"step_ms": statistics.median(s["step_ms"] for s in half),
+            "tokens_per_s": statistics.median(s["tokens_per_s"] for s in half),
+            "mfu": statistics.median(mfus) if mfus else 0.0, "first_step_s": steps[0]["step_ms"] / 1e3}
+
+
+def has_setting(name: str) -> bool:
+    from job.config import Config
+
+    return name in Config.__dataclass_fields__
+
+
+def need_cuda(ctx: Ctx, what: str) -> None:
+    if ctx.device != "cuda":
+        raise Skip(f"needs CUDA ({what})")
+
+
+# ---- rows ----------------------------------------------------------------------------------------
+
+def machine_and_matmul(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """torch, the card, and the dense matmul rate measured here (bf16 on a GPU: MFU's real bound)."""
     import torch
 
-    rows = [("torch", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})")]
-    if device == "cuda":
+    figs: dict[str, Any] = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0]}
+    if ctx.device == "cuda":
         p = torch.cuda.get_device_properties(0)
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,power.limit", "--format=csv,noheader"],
-                             capture_output=True, text=True).stdout.strip()
-        rows += [("card", f"{p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, "
-                          f"{torch.cuda.device_count()} visible"), ("driver, power limit", smi or "?")]
-    return rows
-
-
-def matmul_rate(device: str, quick: bool) -> float:
-    """Dense matmul FLOP/s measured here: bf16 on a GPU (the rate MFU is really bounded by)."""
-    import torch
-
-    n, dtype = (1024, torch.float32) if quick else (8192, torch.bfloat16)
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        figs.update(card=p.name, memory_gib=round(p.total_memory / 2**30, 1), sm=f"{p.major}{p.minor}",
+                    gpus=torch.cuda.device_count())
+    n, dtype = (512, torch.float32) if ctx.quick else (8192, torch.bfloat16)
+    a, b = (torch.randn(n, n, device=ctx.device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if ctx.device == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
     sync()
-    reps, t0 = (5 if quick else 50), time.perf_counter()
+    reps, t0 = (5 if ctx.quick else 50), time.perf_counter()
     for _ in range(reps):
         a @ b
     sync()
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    ctx.rate = 2 * n**3 * reps / (time.perf_counter() - t0)
+    figs["matmul_tflops"] = round(ctx.rate / 1e12, 3)
+    kind = "fp32" if ctx.quick else "bf16"
+    if not (ctx.rate > 1e9 and (ctx.quick or ctx.rate > 20e12)):
+        raise Fail(f"{kind} matmul rate {ctx.rate / 1e12:.3g} TFLOP/s is implausible")
+    card = f"{figs['card']} x{figs['gpus']}, " if "card" in figs else "CPU, "
+    return f"{card}torch {torch.__version__}; {kind} matmul {ctx.rate / 1e12:.3g} TFLOP/s", figs
 
 
-def plan_vs_measured(device: str, quick: bool) -> list[tuple[str, str]]:
-    shape = SMALL if quick else ["--preset", "gpt2-40m", "--batch-size", "16"]
-    p = json.loads(job("plan", *shape, "--grad-accum", "1", "--gpu", "auto" if device == "cuda" else "cpu",
-                       "--device", device, "--measure", "--json", *(["--peak-tflops", "1"] if quick else [])).stdout)
-    m, mem = p["measured"], p["memory"]
-    predicted = mem["total"] - mem["workspace"]  # torch's peak allocated excludes context and slack
-    peak = m["peak_memory_bytes"]  # torch's allocator peak: CUDA only
-    measured = f"measured {peak / 1e9:.2f} GB (predicted/measured {predicted / peak:.2f})" if peak else "not measured"
-    return [("plan: peak memory", f"predicted {predicted / 1e9:.2f} GB, {measured}"),
-            ("plan: step", f"measured {m['s_per_iter'] * 1e3:.1f} ms/iter at grad_accum 1, MFU {100 * m['mfu']:.1f}%")]
+def compiled_40m(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """gpt2-40m compiled, bf16, a few dozen iterations: the run later rows sample, eval and export."""
+    shape = SMALL if ctx.quick else ["--preset", "gpt2-40m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+    job(ctx, *train_args(ctx, "gpt2-40m", shape, 8 if ctx.quick else 30), limit=300)
+    run_dir = ctx.work / "runs" / "gpt2-40m"
+    ctx.runs["gpt2-40m"] = run_dir
+    st = steady(run_dir)
+    ctx.steady_ms["gpt2-40m"] = st["step_ms"]
+    done = json.loads((run_dir / "DONE").read_text())
+    start = records(run_dir, "start")[0]
+    if not (done["val_loss"] < 11.5 and start["device"].startswith(ctx.device)):
+        raise Fail(f"val loss {done['val_loss']} on {start['device']}")
+    what = "uncompiled fp32 stand-in on the CPU" if ctx.quick else f"compiled {start['dtype']}"
+    return (f"{what}: {done['iteration']} iterations, val loss {done['val_loss']:.3f}, "
+            f"{st['step_ms']:.0f} ms/iter, first step (compile) {st['first_step_s']:.1f} s", {**st, **done})
 
 
-def throughput(preset: str, device: str, quick: bool, rate: float, out: Path) -> tuple[str, str]:
-    iters = 20 if quick else 60
-    shape = SMALL if quick else ["--preset", preset, "--grad-accum", "4"]
-    job("train", *shape, "--device", device, "--run", preset, "--out-dir", str(out), "--max-iters", str(iters),
-        "--eval-interval", str(10**6), "--log-interval", "1", "--ckpt-interval", str(10**6), "--metrics-port", "0",
-        *(["--peak-tflops", "1"] if quick else []))
-    steps = [json.loads(line) for line in (out / preset / "log.jsonl").read_text().splitlines()
-             if '"event": "step"' in line]
-    steady = steps[len(steps) // 2:]
-    tps = statistics.median(s["tokens_per_s"] for s in steady)
-    mfu = statistics.median(s["mfu"] for s in steady if s["mfu"] is not None)
-    fpt = json.loads((out / preset / "log.jsonl").read_text().splitlines()[0])["flops_per_token"]
-    return (f"train {preset}", f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% of the table's peak, "
-            f"{100 * tps * fpt / rate:.1f}% of the measured matmul rate; first step (compile) "
-            f"{steps[0]['step_ms'] / 1e3:.1f} s")
+def plan_vs_measured(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """`job plan --measure` for the gpt2-40m run's settings: predicted peak memory against the
+    allocator's peak, and the plan's measured step time against the training run's steady one."""
+    if "gpt2-40m" not in ctx.steady_ms:
+        raise Fail("no gpt2-40m run to compare with (its row failed)")
+    shape = SMALL if ctx.quick else ["--preset", "gpt2-40m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+    p = json.loads(job(ctx, "plan", *shape, "--gpu", "auto" if ctx.device == "cuda" else "cpu",
+                       "--device", ctx.device, "--measure", "--json", limit=300).stdout)
+    mem, m = p["memory"], p["measured"]
+    predicted, peak = mem["total"] - mem["workspace"], m["peak_memory_bytes"]
+    plan_ms, train_ms = m["s_per_iter"] * 1e3, ctx.steady_ms["gpt2-40m"]
+    figs = {"predicted_bytes": predicted, "peak_bytes": peak, "plan_ms": plan_ms, "train_ms": train_ms}
+    text = f"step: plan {plan_ms:.1f} ms, train {train_ms:.1f} ms ({train_ms / plan_ms:.2f}x)"
+    if peak:
+        text += f"; memory: predicted {predicted / 1e9:.2f} GB, measured {peak / 1e9:.2f} GB ({predicted / peak:.2f}x)"
+    if ctx.quick:
+        return text + " (not judged on a shared CPU; allocator peak is CUDA-only)", figs
+    bad = [what for what, a, b in (("step time", plan_ms, train_ms), ("peak memory", predicted, peak or 0))
+           if not (b and abs(a / b - 1) <= TOLERANCE)]
+    if bad:
+        raise Fail(f"{' and '.join(bad)} off by more than {TOLERANCE:.0%}: {text}", figs)
+    return text, figs
 
 
-def gpu_series(device: str, quick: bool, out: Path) -> tuple[str, str]:
-    port = "9307"
-    proc = subprocess.Popen([sys.executable, "-m", "job", "train", *(SMALL if quick else ["--preset", "tiny"]),
-                             "--device", device, "--run", "metrics", "--out-dir", str(out), "--max-iters", "100000",
-                             "--metrics-port", port, "--loss-chunk", "0"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def wait_for_step(proc: subprocess.Popen, log: Path, iteration: int, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and f'"iteration": {iteration},' in log.read_text():
+            return
+        time.sleep(0.05)
+    raise Fail(f"the run never reached iteration {iteration} (exit {proc.poll()})")
+
+
+def max_difference(a: Path, b: Path) -> float:
+    """The largest absolute difference between two runs' final model tensors (0.0: bitwise)."""
+    import torch
+
+    sa, sb = (torch.load(sorted((r / "ckpt").glob("ckpt_*.pt"))[-1], map_location="cpu", weights_only=True)
+              for r in (a, b))
+    return max(float((sa["model"][k].double() - sb["model"][k].double()).abs().max()) for k in sa["model"])
+
+
+def sigterm_resume(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """SIGTERM mid-run -> exit 75 -> resume: same data position, loss continuing, and with
+    `deterministic` the end bitwise equal to a run never stopped."""
+    det = has_setting("deterministic")
+    shape = [*(SMALL if ctx.quick else GPU_SMALL), *(["--deterministic"] if det else [])]
+    iters, stop_at = (8, 3) if ctx.quick else (60, 20)
+    job(ctx, *train_args(ctx, "ref", shape, iters, "--ckpt-interval", "1000000"))
+    ref, cut = ctx.work / "runs" / "ref", ctx.work / "runs" / "cut"
+    args = [sys.executable, "-m", "job", *train_args(ctx, "cut", shape, iters, "--ckpt-interval", "1000000")]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        first, second = scrape(port), (time.sleep(15), scrape(port))[1]
+        wait_for_step(proc, cut / "log.jsonl", stop_at, min(180, ctx.left()))
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=min(120, ctx.left()))
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-    power = [v for k, v in second.items() if k.startswith("trainer_gpu_power_watts")]
-    energy = [v - first.get(k, 0.0) for k, v in second.items() if k.startswith("trainer_gpu_energy_joules_total")]
-    used = [v for k, v in second.items() if k.startswith("trainer_gpu_memory_used_bytes")]
-    steps = second.get("trainer_iteration", 0) - first.get("trainer_iteration", 0)
-    return ("metrics during a run", f"{steps:.0f} steps in 15 s; power {power} W; energy +{sum(energy):.0f} J; "
-            f"memory used {[round(u / 1e9, 2) for u in used]} GB")
+        proc.kill() if proc.poll() is None else None
+    if rc != 75:
+        raise Fail(f"SIGTERM gave exit {rc}, not 75: {proc.stderr.read()[-500:] if proc.stderr else ''}")
+    stopped = records(cut, "stop")[-1]["iteration"]
+    job(ctx, *train_args(ctx, "cut", shape, iters, "--ckpt-interval", "1000000"))
+    by_it = {r["iteration"]: r for r in records(ref, "step")}
+    after = [r for r in records(cut, "step") if r["iteration"] == stopped + 1][-1]
+    want = by_it[stopped + 1]
+    if after["loader"] != want["loader"]:
+        raise Fail(f"resumed at loader {after['loader']}, the uninterrupted run was at {want['loader']}")
+    loss_gap = abs(after["train_loss"] - want["train_loss"])
+    diff = max_difference(ref, cut)
+    figs = {"stopped_at": stopped, "loss_gap": loss_gap, "max_difference": diff, "deterministic": det}
+    ending = "bitwise" if diff == 0 else f"max |difference| {diff:.3g}"
+    text = f"exit 75 at iteration {stopped}, resumed at the same loader position, loss gap {loss_gap:.2g}; {ending}"
+    if loss_gap > 0.05:
+        raise Fail(f"the loss did not continue: {text}", figs)
+    if not det and not ctx.quick:
+        raise Fail(f"`deterministic` is not a setting on this branch, so bitwise is unchecked: {text}", figs)
+    if det and diff != 0:
+        raise Fail(f"not bitwise with --deterministic: {text}", figs)
+    return text + ("" if det else " (without `deterministic`, not on this branch: the CPU is deterministic)"), figs
 
 
-def torchrun_nccl(out: Path) -> tuple[str, str]:
-    """`job train` under torchrun on NCCL, one process: the whole DDP path (process group, wrapper,
-    all-reduce, rank 0 handing the checkpoint to the ranks) on the one card a check has."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "job",
-           "train", "--preset", "tiny", "--device", "cuda", "--max-iters", "40", "--grad-accum", "4",
-           "--log-interval", "1", "--metrics-port", "0", "--run", "nccl1", "--out-dir", str(out)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if res.returncode != 0:
-        return ("torchrun, NCCL, 1 process", f"FAILED (exit {res.returncode}): {res.stderr.strip().splitlines()[-1:]}")
-    recs = [json.loads(line) for line in (out / "nccl1" / "log.jsonl").read_text().splitlines()]
-    start = next(r for r in recs if r["event"] == "start")
-    steps = sum(r["event"] == "step" for r in recs)
-    world = start.get("world_size")
-    return ("torchrun, NCCL, 1 process", f"world_size {world}, {steps} steps, device {start['device']}")
+def rollback_child(settings: dict[str, Any]) -> int:
+    """In a process of its own: the real loop, with the model's loss made NaN at the chosen steps."""
+    import torch
+
+    from job.config import resolve
+    from job.hooks import RunHooks
+    from job.rundir import RunDir
+    from job.train import run_loop, setup
+
+    bad = set(settings.pop("bad_steps"))
+    cfg = resolve(settings, environ={}, dotenv=None)
+    session = setup(cfg, RunHooks(), RunDir(cfg.run_dir))
+    model, calls = session.step_model, [0]
+
+    class NanAt(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Any:
+            logits, loss = self.model(x, y)
+            if self.training:
+                calls[0] += 1
+                if (calls[0] - 1) // cfg.grad_accum + 1 in bad:
+                    loss = loss * float("nan")
+            return logits, loss
+
+    session.step_model = NanAt()
+    try:
+        return run_loop(session)
+    finally:
+        session.log.close()
 
 
-def scrape(port: str) -> dict[str, float]:
-    for _ in range(300):
+def forced_rollback(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """Five non-finite losses in a row (bad_step_limit) roll the model back to the newest good
+    checkpoint; the run then finishes with a finite val loss."""
+    settings = {"device": ctx.device, "data": str(ctx.data), "out_dir": str(ctx.work / "runs"), "run": "nan",
+                "max_iters": 12, "ckpt_interval": 3, "eval_interval": 12, "eval_iters": 2, "log_interval": 1,
+                "metrics_port": 0, "loss_chunk": 0, "bad_steps": [4, 5, 6, 7, 8]}
+    if ctx.quick:
+        settings.update(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4)
+    run(ctx, [sys.executable, __file__, "--rollback-child", json.dumps(settings)], limit=240)
+    run_dir = ctx.work / "runs" / "nan"
+    rollbacks = records(run_dir, "rollback")
+    done = json.loads((run_dir / "DONE").read_text())
+    if not rollbacks or not done["val_loss"] < 20:
+        raise Fail(f"{len(rollbacks)} rollback records, final val loss {done['val_loss']}")
+    return (f"{len(rollbacks)} roll-back at iteration {rollbacks[0]['iteration']} ({rollbacks[0]['reason']}); "
+            f"finished {done['iteration']} iterations, val loss {done['val_loss']:.3f}, "
+            f"{done['skipped_steps']} steps skipped", {"rollbacks": len(rollbacks), **done})
+
+
+def fp16_scaler(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """float16 with the GradScaler: trains, finishes finite, and checkpoints the scaler's state."""
+    need_cuda(ctx, "the GradScaler is for fp16 on CUDA")
+    import torch
+
+    job(ctx, *train_args(ctx, "fp16", GPU_SMALL, 40, "--dtype", "float16"))
+    run_dir = ctx.work / "runs" / "fp16"
+    done = json.loads((run_dir / "DONE").read_text())
+    ck = torch.load(sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1], map_location="cpu", weights_only=True)
+    scale = ck["scaler"].get("scale")
+    if records(run_dir, "start")[0]["dtype"] != "float16" or not scale or not done["val_loss"] < 11:
+        raise Fail(f"dtype {records(run_dir, 'start')[0]['dtype']}, scaler state {ck['scaler']}, "
+                   f"val loss {done['val_loss']}")
+    return f"val loss {done['val_loss']:.3f}, GradScaler scale {float(scale):g}, " \
+           f"{done['skipped_steps']} steps counted bad", {"scale": float(scale), **done}
+
+
+def sample_eval_export(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """`job sample`, `job eval` and `job export` on the gpt2-40m run's checkpoint, on the device."""
+    run_dir = ctx.runs.get("gpt2-40m")
+    if run_dir is None:
+        raise Fail("no gpt2-40m run to use (its row failed)")
+    where = ["--out-dir", str(run_dir.parent), "--device", ctx.device]
+    s = json.loads(job(ctx, "sample", "gpt2-40m", *where, "--prompt", "ROMEO:", "--tokens", "16", "--json").stdout)
+    e = json.loads(job(ctx, "eval", "gpt2-40m", *where, "--data", str(ctx.data), "--tokens", "4096",
+                       "--json").stdout)
+    out = ctx.work / "hf"
+    job(ctx, "export", "gpt2-40m", "--out-dir", str(run_dir.parent), "--out", str(out))
+    files = sorted(p.name for p in out.iterdir())
+    if not (s["tokens"] and s["completion"] and e["val_loss"] < 11.5 and "model.safetensors" in files):
+        raise Fail(f"sample {len(s['tokens'])} tokens, eval val loss {e['val_loss']}, export {files}")
+    return (f"sample {len(s['tokens'])} tokens; eval val loss {e['val_loss']:.3f} on {e['val_tokens']} tokens; "
+            f"export {', '.join(files)}", {"eval_val_loss": e["val_loss"], "export": files})
+
+
+def torchrun_ddp(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """`job train` under torchrun, one process (the whole DDP path on one card), then every GPU."""
+    import torch
+
+    counts = [1] + ([torch.cuda.device_count()] if ctx.device == "cuda" and torch.cuda.device_count() > 1 else [])
+    shape = SMALL if ctx.quick else GPU_SMALL
+    seen = []
+    for n in counts:
+        name = f"ddp{n}"
+        args = train_args(ctx, name, shape, 6 if ctx.quick else 40)
+        del args[args.index("--run"):args.index("--run") + 2]  # torchrun's own parser takes --run for --run-path
+        run(ctx, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), "-m",
+                  "job", *args], limit=240, JOB_RUN=name)
+        start = records(ctx.work / "runs" / name, "start")[0]
+        done = json.loads((ctx.work / "runs" / name / "DONE").read_text())
+        if start["world_size"] != n:
+            raise Fail(f"world_size {start['world_size']} under torchrun --nproc-per-node {n}")
+        seen.append(f"{n} process{'es' if n > 1 else ''}: world_size {start['world_size']}, "
+                    f"val loss {done['val_loss']:.3f}")
+    backend = "gloo on the CPU (NCCL needs CUDA)" if ctx.device != "cuda" else "NCCL"
+    return f"{backend}; " + "; ".join(seen), {"processes": counts}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int, after: float, timeout: float) -> dict[str, float]:
+    """The trainer_* series once the endpoint shows an iteration above `after`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            series = parse(text)
-            if series.get("trainer_iteration", 0) > 0:
+            series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("trainer_")}
+            if series.get("trainer_iteration", 0) > after:
                 return series
         except OSError:
             pass
-        time.sleep(1)
-    sys.exit("the metrics endpoint never showed a step")
+        time.sleep(0.25)
+    raise Fail(f"the metrics endpoint showed no iteration above {after:.0f} in {timeout:.0f} s")
 
 
-def parse(text: str) -> dict[str, float]:
-    """Prometheus' text format -> {series with labels: value} for the trainer's series."""
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line.startswith("trainer_")}
+def gpu_series(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """The metrics endpoint during a real run: iterations advancing; on a GPU power > 0, the energy
+    counter rising between two scrapes and memory used > 0."""
+    port, gap = free_port(), 2 if ctx.quick else 5
+    args = train_args(ctx, "metrics", SMALL if ctx.quick else GPU_SMALL, 100000, "--metrics-port", str(port))
+    proc = subprocess.Popen([sys.executable, "-m", "job", *args], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = scrape(port, 0, min(120, ctx.left()))
+        time.sleep(gap)
+        second = scrape(port, first["trainer_iteration"], min(60, ctx.left()))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)
+    pick = lambda d, name: {k: v for k, v in d.items() if k.startswith(name + "{") or k == name}
+    power = list(pick(second, "trainer_gpu_power_watts").values())
+    e1, e2 = pick(first, "trainer_gpu_energy_joules_total"), pick(second, "trainer_gpu_energy_joules_total")
+    rise = [e2[k] - e1.get(k, e2[k]) for k in e2]
+    used = list(pick(second, "trainer_gpu_memory_used_bytes").values())
+    steps = second["trainer_iteration"] - first["trainer_iteration"]
+    figs = {"steps": steps, "seconds": gap, "power_w": power, "energy_rise_j": rise, "memory_used_bytes": used}
+    text = f"{steps:.0f} iterations between two scrapes {gap} s apart"
+    if ctx.device != "cuda":
+        raise Skip(f"{text}; the GPU series need CUDA (NVML)", figs)
+    if not (power and all(p > 0 for p in power) and rise and all(r > 0 for r in rise) and used and min(used) > 0):
+        raise Fail(f"{text}; power {power} W, energy rise {rise} J, memory used {used} B", figs)
+    return (f"{text}; power {[round(p) for p in power]} W, energy +{sum(rise):.0f} J, "
+            f"memory used {[round(u / 1e9, 2) for u in used]} GB"), figs
 
 
-def main() -> None:
+def mfu(ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """MFU of gpt2-40m (its row's run) and gpt2-124m (a short compiled bf16 run), against the
+    card table's peak and against the bf16 matmul rate measured here."""
+    if "gpt2-40m" not in ctx.runs:
+        raise Fail("no gpt2-40m run (its row failed)")
+    if not ctx.quick:
+        shape = ["--preset", "gpt2-124m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+        job(ctx, *train_args(ctx, "gpt2-124m", shape, 20), limit=300)
+        ctx.runs["gpt2-124m"] = ctx.work / "runs" / "gpt2-124m"
+    parts, figs = [], {}
+    for name in ("gpt2-40m", "gpt2-124m"):
+        if name not in ctx.runs:
+            parts.append(f"{name}: not run on the CPU")
+            continue
+        st, fpt = steady(ctx.runs[name]), records(ctx.runs[name], "start")[0]["flops_per_token"]
+        of_rate = st["tokens_per_s"] * fpt / ctx.rate
+        figs[name] = {**st, "mfu_of_measured_rate": of_rate}
+        if not of_rate > 0:
+            raise Fail(f"{name}: {st['tokens_per_s']} tokens/s, {of_rate} of the measured rate", figs)
+        table = f"MFU {100 * st['mfu']:.1f}% of the table's peak" if st["mfu"] else "no table peak for this card"
+        parts.append(f"{name}: {st['tokens_per_s']:,.0f} tokens/s, {table}, "
+                     f"{100 * of_rate:.1f}% of the measured matmul rate")
+    return "; ".join(parts), figs
+
+
+ROWS: list[tuple[str, Callable[[Ctx], tuple[str, dict[str, Any]]]]] = [
+    ("machine, bf16 matmul rate", machine_and_matmul),
+    ("compiled bf16 gpt2-40m run", compiled_40m),
+    ("plan vs measured (peak memory, step time)", plan_vs_measured),
+    ("SIGTERM -> exit 75 -> resume", sigterm_resume),
+    ("forced roll-back (non-finite loss)", forced_rollback),
+    ("fp16 with the GradScaler", fp16_scaler),
+    ("job sample, eval, export", sample_eval_export),
+    ("torchrun (DDP)", torchrun_ddp),
+    ("metrics: GPU series", gpu_series),
+    ("MFU gpt2-40m, gpt2-124m", mfu),
+]
+
+
+def run_row(ctx: Ctx, name: str, fn: Callable[[Ctx], tuple[str, dict[str, Any]]]) -> Row:
+    row, t0 = Row(name), time.time()
+    try:
+        row.reason, row.figures = fn(ctx)
+        row.status = "PASS"
+    except Fail as e:
+        row.status = "SKIP" if isinstance(e, Skip) else "FAIL"
+        row.reason, row.figures = str(e), e.figures
+    except Exception as e:  # a bug or a surprise: the row fails, the others still run
+        row.reason = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
+    row.seconds = round(time.time() - t0, 1)
+    print(f"[{row.status}] {name} ({row.seconds} s): {row.reason}", file=sys.stderr, flush=True)
+    return row
+
+
+def markdown(rows: list[Row], mode: str) -> str:
+    lines = [f"GPU check ({mode}): {sum(r.status == 'FAIL' for r in rows)} FAIL", "",
+             "| row | status | result | s |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r.name} | {r.status} | {r.reason.replace('|', '/')} | {r.seconds:.0f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write(out: str, rows: list[Row], mode: str) -> None:
+    """The table to OUT/gpu_check.{md,json} when OUT is a directory (or ends in /), else OUT.{md,json}."""
+    prefix = Path(out) / "gpu_check" if Path(out).is_dir() or out.endswith("/") else Path(out).with_suffix("")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".md").write_text(markdown(rows, mode))
+    doc = {"mode": mode, "ok": not any(r.status == "FAIL" for r in rows), "rows": [r.__dict__ for r in rows]}
+    prefix.with_suffix(".json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small shapes on the CPU: check the script itself")
+    ap.add_argument("--quick", action="store_true", help="every row small on the CPU: checks the script itself")
+    ap.add_argument("--out", help="a directory (or path prefix) for gpu_check.md and gpu_check.json")
+    ap.add_argument("--budget", type=float, default=570, help="seconds for the whole check (default 570)")
+    ap.add_argument("--rollback-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    device = "cpu" if args.quick else "cuda"
-    rate = matmul_rate(device, args.quick)
-    kind = "fp32" if args.quick else "bf16"
-    rows = [*machine(device), ("matmul rate", f"{rate / 1e12:.3g} TFLOP/s measured ({kind})")]
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += plan_vs_measured(device, args.quick)
-        for preset in (["small"] if args.quick else ["gpt2-124m", "gpt2-40m"]):
-            rows.append(throughput(preset, device, args.quick, rate, Path(tmp)))
-        rows.append(gpu_series(device, args.quick, Path(tmp)))
-        if not args.quick:
-            rows.append(torchrun_nccl(Path(tmp)))
-    print("| check | result |\n| --- | --- |")
-    for name, result in rows:
-        print(f"| {name} | {result} |")
+    if args.rollback_child:
+        return rollback_child(json.loads(args.rollback_child))
+    mode = "quick, CPU" if args.quick else "CUDA"
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        ctx = Ctx(quick=args.quick, device="cpu" if args.quick else "cuda", work=Path(tmp),
+                  deadline=time.time() + args.budget, data=Path(tmp) / "data" / "shakespeare")
+        try:
+            job(ctx, "prepare", "--source", "shakespeare", "--out", str(ctx.data), limit=180)
+        except Fail as e:
+            print(f"error: the corpus could not be prepared, every row will fail: {e}", file=sys.stderr)
+        rows = [run_row(ctx, name, fn) for name, fn in ROWS]
+    table = markdown(rows, mode)
+    print(table)
+    if args.out:
+        write(args.out, rows, mode)
+    return 1 if any(r.status == "FAIL" for r in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
