@@ -48,11 +48,22 @@ def test_the_images_torch_and_cuda_are_a_published_pair_and_cu128_is_refused():
                                   "pick one of those for TORCH_CUDA and a matching CUDA_IMAGE")
 
 
+def runtime_packages() -> set[str]:
+    """What the Dockerfile's last stage (the running container) installs with apt-get."""
+    stage = re.split(r"^FROM ", (ROOT / "Dockerfile").read_text(), flags=re.M)[-1].replace("\\\n", " ")
+    return {w for line in re.findall(r"apt-get install ([^&]+)", stage) for w in line.split() if w[0] != "-"}
+
+
 def test_the_image_runs_tini_with_tzdata_and_the_new_metrics_port():
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/usr/bin/tini", "--", "python", "-m", "job"]' in text
-    assert re.search(r"apt-get install .* python3 tini tzdata", text)
+    assert {"python3", "tini", "tzdata"} <= runtime_packages()
     assert f"EXPOSE {TRAINER_PORT}" in text and f"JOB_METRICS_PORT={TRAINER_PORT}" in text
+
+
+def test_the_image_runtime_has_what_torch_compile_needs():
+    # inductor and Triton build C code at run time: a compiler, libc's headers and Python.h
+    assert {"gcc", "libc6-dev", "python3-dev"} <= runtime_packages(), runtime_packages()
 
 
 # ---- compose --------------------------------------------------------------------------------------
