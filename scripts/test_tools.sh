@@ -34,10 +34,10 @@ if ! command -v apt-get >/dev/null 2>&1 || [ "${as_root[*]}" = none ]; then
     exit 2
 fi
 echo "make test: installing ${packages[*]} with apt-get, for $absent (once)" >&2
-"${as_root[@]}" apt-get update -qq >&2 \
+"${as_root[@]}" apt-get update -qq >/dev/null \
     && "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        -o DPkg::Lock::Timeout=300 --no-install-recommends "${packages[@]}" >&2 \
-    || { echo "$need" >&2; exit 2; }
+        -o DPkg::Lock::Timeout=300 --no-install-recommends "${packages[@]}" >/dev/null \
+    || { echo "$need" >&2; exit 2; }  # apt-get's own errors went to stderr above it
 absent=$(missing)
 if [ -n "$absent" ]; then
     echo "error: apt-get installed ${packages[*]} but $absent is still not on PATH; put it there" >&2
