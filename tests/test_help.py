@@ -12,7 +12,7 @@ import typer
 from conftest import ROOT, job_env, run_job
 
 from job.cli import app
-from job.config import Config, settings_help, settings_table
+from job.config import PRESETS, Config, settings_help, settings_table
 
 COMMANDS = [info.name or info.callback.__name__ for info in app.registered_commands]
 
@@ -41,6 +41,8 @@ def test_every_setting_has_one_short_phrase_and_a_group():
     for s in settings_help():
         assert len(s.phrase) <= 90 and "\n" not in s.phrase, f"{s.name}: one short phrase, please: {s.phrase!r}"
     assert fields(Config)[0].metadata["group"], "Config's first field needs a group title: setting(..., \"Title\")"
+    preset = next(s for s in settings_help() if s.name == "preset")
+    assert all(name in preset.phrase for name in PRESETS), f"preset's phrase must name every preset: {list(PRESETS)}"
 
 
 def test_readme_settings_table_is_the_one_config_writes():
