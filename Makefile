@@ -15,7 +15,7 @@ NPROC  ?=
 nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
+.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ sample: setup ## Print text from the newest checkpoint of RUN
 status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
-test: setup ## Run the test suite (the fast tier, then the end-to-end tests with real processes)
+test: test-tools setup ## Run the test suite (the fast tier, then the end-to-end tests with real processes)
 	$(BIN)/python -m pytest -q -n auto tests
+
+test-tools: ## Install what the tests run besides Python (prometheus, promtool, tini) if missing; apt-get
+	@bash scripts/test_tools.sh
 
 test-fast: setup ## Only the fast tier: the loop's parts in-process, a few seconds
 	$(BIN)/python -m pytest -q tests/unit

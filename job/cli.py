@@ -1,4 +1,6 @@
-"""`python -m job` / `job`: the command line. Every Config field is a flag of the same name."""
+"""`python -m job` / `job`: the command line. Every Config field is a flag of the same name, and
+its `--help` line says what it does, its default and its environment name, from job/config.py.
+Help text shows as written: a `[...]` in it is text, never a rich style tag."""
 
 from __future__ import annotations
 
@@ -13,17 +15,49 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+import click
 import typer
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
-from job.config import Config, resolve
+from job.config import Config, resolve, settings_help
 from job.errors import ENDINGS, EXIT_INTERRUPTED, Stopped
 from job.stopping import stop_before_work
 
 if TYPE_CHECKING:
     from job.dist import World
 
+
+class _AsWritten:
+    """Help as written: rich markup escaped in every help text (typer renders it with rich, which
+    would take `[default: ...]` or `[job]` for a style tag and drop it), and no `<bool>` type
+    shown for on/off flags."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = escape(self.help) if self.help else self.help
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)  # type: ignore[attr-defined]
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # the --help option too, which click adds here
+        return params
+
+
+class Command(_AsWritten, TyperCommand):
+    """A command whose help shows as written."""
+
+
+class Group(_AsWritten, TyperGroup):
+    """The command group, whose help shows as written."""
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train a small GPT overnight on your own GPU, and know what it costs.",
 )
 
@@ -78,17 +112,18 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     the command receives a resolved Config as its `cfg` argument."""
     own = [p for p in inspect.signature(fn).parameters.values() if p.name != "cfg"]
     flag_params = []
-    for f in fields(Config):
-        kind = type(f.default)
-        flag = "--" + f.name.replace("_", "-")
+    for s in settings_help():
+        kind = type(getattr(Config, s.name))
+        flag = "--" + s.name.replace("_", "-")
         decl = f"{flag}/--no-{flag[2:]}" if kind is bool else flag
         # numbers arrive as text and are parsed by config.coerce, as from the environment: the same
         # forms (2e4 for an int) and the same one-line error for a bad one
         flag_params.append(inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY,
+            s.name, inspect.Parameter.KEYWORD_ONLY,
             annotation=Optional[bool if kind is bool else str],  # noqa: UP045 (typer)
-            default=typer.Option(None, decl, help=f"[default: {f.default!r}; env JOB_{f.name.upper()}]",
-                                 metavar=None if kind is bool else kind.__name__.upper(), rich_help_panel="Settings"),
+            default=typer.Option(None, decl, help=s.line, show_default=False,
+                                 metavar=None if kind is bool else kind.__name__.upper(),
+                                 rich_help_panel=f"Settings: {s.group}"),
         ))
     config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
                                      annotation=Optional[Path], default=CONFIG_OPTION)  # noqa: UP045
@@ -103,7 +138,7 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def prepare(
     source: Optional[list[str]] = typer.Option(  # noqa: UP045
@@ -149,7 +184,7 @@ def prepare(
         p.prepare_stream(src, data_dir, opts)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 @with_config_flags
 def train(
@@ -200,7 +235,7 @@ def train_here(cfg: Config, fresh: bool, verify: bool, world: World) -> int:
         return run_train(cfg, hooks, verify)
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 @with_config_flags
 def plan(
@@ -227,7 +262,7 @@ def plan(
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def status(
     run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
@@ -250,7 +285,7 @@ CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="Another checkpoint 
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def sample(
     run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
@@ -289,7 +324,7 @@ def sample(
     typer.echo("")
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def export(
     run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
@@ -310,7 +345,7 @@ def export(
     typer.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
-@app.command("import-nanogpt")
+@app.command("import-nanogpt", cls=Command)
 @guarded
 def import_nanogpt(
     ckpt: Path = typer.Argument(..., help="A nanoGPT ckpt.pt (as nanoGPT's train.py writes it)."),
@@ -339,7 +374,7 @@ def import_nanogpt(
                f"train it on: job train {result['train_flags']} --data DATASET --max-iters N")
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 @guarded
 def eval_(
     run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
@@ -368,7 +403,7 @@ def eval_(
     typer.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
-@app.command()
+@app.command(cls=Command)
 @guarded
 def report(
     run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045

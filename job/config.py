@@ -22,65 +22,66 @@ from job.errors import ConfigError
 from job.units import parse_clock, parse_duration
 
 
+def setting(default: Any, help: str, group: str = "") -> Any:
+    """A Config field: its default, the one phrase that says what it does (`--help` and the
+    README's table show it), and on the first field of a group the group's title; the fields
+    after it belong to that group until the next title."""
+    return dataclasses.field(default=default, metadata={"help": help, "group": group})
+
+
 @dataclass
 class Config:
-    # run identity and files
-    run: str = ""  # name of runs/<run>; empty means "the preset's name"
-    preset: str = "tiny"
-    data: str = "shakespeare"  # a prepared dataset dir, or a name under data_root
-    data_root: str = "data"
-    out_dir: str = "runs"
-    # hardware and numerics
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
-    deterministic: bool = False  # bitwise repeatable GPU runs (deterministic kernels, math attention); slower
-    memory_check: bool = True  # on CUDA, refuse before the first step a micro-batch that will not fit the card
-    seed: int = 1337
-    # model
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
-    bias: bool = False
-    dropout: float = 0.0
-    loss_chunk: int = 0  # fuse head + loss over this many rows at a time (0 = full logits)
-    # batch and schedule
-    batch_size: int = 16  # micro-batch, in sequences
-    grad_accum: int = 1
-    max_iters: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 turns clipping off
-    # non-finite guard
-    bad_step_limit: int = 5  # non-finite steps in a row (updates skipped) before a roll-back
-    rollback_limit: int = 3  # roll-backs in a row, with no good checkpoint between, before exit 1
-    # bookkeeping
-    eval_interval: int = 100
-    eval_iters: int = 20
-    log_interval: int = 10
-    ckpt_interval: int = 100
-    keep_ckpts: int = 3
-    # monitoring and cost
-    metrics_port: int = 9838  # 0 turns the metrics server off (9838: see README, "Ports")
-    metrics_addr: str = "127.0.0.1"
-    gpu_metrics: bool = True  # serve trainer_gpu_* from NVML; off where dcgm-exporter already reports the cards
-    peak_tflops: float = 0.0  # peak used for MFU; 0 means "the card's own, if known"
-    max_runtime: str = ""  # e.g. "8h30m": checkpoint and exit 75 when reached
-    stop_at: str = ""  # "HH:MM" or "HH:MM:SS" local time: checkpoint and exit 75 when reached
-    price_per_kwh: float = 0.17
-    currency: str = "USD"
-    # several GPUs and machines (torchrun, DDP): see README, "Several GPUs and machines"
-    nproc: int = 1  # processes on this machine, one per GPU; above 1, `job train` starts them under torchrun
-    nnodes: int = 1  # machines in the job; above 1 each runs the same `job train` with rdzv_endpoint set
-    rdzv_endpoint: str = ""  # host:port where the machines meet (torchrun's c10d rendezvous); for nnodes > 1
-    max_restarts: int = 3  # times torchrun's agent restarts the processes after a crash, from the newest checkpoint
-    dist_timeout: str = "10m"  # how long a process waits for the others in a collective before the job fails
+    # One line per setting: setting(default, what it does), and on a group's first field its title.
+    # The phrase is what `job train --help` and the README's table say (tests/test_help.py checks both).
+    run: str = setting("", "the run's name, its directory under out_dir; empty: the preset's name", "Run and files")
+    preset: str = setting("tiny", "the preset that sets the model and schedule: tiny, gpt2-40m or gpt2-124m")
+    data: str = setting("shakespeare", "the prepared dataset: a directory, or a name under data_root")
+    data_root: str = setting("data", "where dataset names are looked up")
+    out_dir: str = setting("runs", "where runs live")
+    device: str = setting("auto", "where to train: auto, cpu, cuda, cuda:N or mps", "Hardware and numerics")
+    dtype: str = setting("auto", "compute dtype: auto, float32, bfloat16 or float16 (auto: bf16 if native, else fp16)")
+    compile: bool = setting(False, "torch.compile the model")
+    deterministic: bool = setting(False, "bitwise repeatable GPU runs: deterministic kernels, math attention; slower")
+    memory_check: bool = setting(True, "on CUDA, refuse before the first step a micro-batch that will not fit")
+    seed: int = setting(1337, "the seed of every random stream, 0 to 2^32-1")
+    n_layer: int = setting(4, "transformer blocks", "Model")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(128, "width of the residual stream, a multiple of n_head")
+    block_size: int = setting(128, "context length, in tokens")
+    vocab_size: int = setting(50304, "embedding rows: GPT-2's 50257 padded up to a multiple of 64")
+    bias: bool = setting(False, "bias terms in the linear and LayerNorm layers")
+    dropout: float = setting(0.0, "dropout probability, in [0, 1)")
+    loss_chunk: int = setting(0, "fuse head and loss over this many rows at a time (0: full logits)")
+    batch_size: int = setting(16, "micro-batch, in sequences", "Batch and schedule")
+    grad_accum: int = setting(1, "micro-batches per iteration, split over the processes")
+    max_iters: int = setting(1000, "iterations to train; DONE is written after the last")
+    lr: float = setting(1e-3, "peak learning rate (AdamW, cosine decay)")
+    min_lr: float = setting(1e-4, "learning rate at the end of the decay, 0 to lr")
+    warmup_iters: int = setting(50, "iterations of linear warm-up")
+    weight_decay: float = setting(0.1, "AdamW weight decay")
+    beta1: float = setting(0.9, "AdamW beta1, in [0, 1)")
+    beta2: float = setting(0.95, "AdamW beta2, in [0, 1)")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)")
+    bad_step_limit: int = setting(5, "non-finite steps in a row (each skipped) before a roll-back", "Non-finite guard")
+    rollback_limit: int = setting(3, "roll-backs in a row, with no good checkpoint between, before exit 1")
+    eval_interval: int = setting(100, "iterations between val-loss evals", "Bookkeeping")
+    eval_iters: int = setting(20, "batches per val-loss eval")
+    log_interval: int = setting(10, "iterations between log lines")
+    ckpt_interval: int = setting(100, "iterations between checkpoints")
+    keep_ckpts: int = setting(3, "checkpoints kept, at least 2")
+    metrics_port: int = setting(9838, "Prometheus metrics port (0: off; README, Ports)", "Monitoring and cost")
+    metrics_addr: str = setting("127.0.0.1", "address the metrics server listens on")
+    gpu_metrics: bool = setting(True, "serve trainer_gpu_* from NVML; off where dcgm-exporter reports the cards")
+    peak_tflops: float = setting(0.0, "peak TFLOP/s for MFU (0: the card's own, if known)")
+    max_runtime: str = setting("", "checkpoint and exit 75 after this long, e.g. 8h30m (empty: no limit)")
+    stop_at: str = setting("", "checkpoint and exit 75 at this local time, HH:MM[:SS] (empty: never)")
+    price_per_kwh: float = setting(0.17, "electricity price per kWh, for the cost")
+    currency: str = setting("USD", "the price's currency, as shown")
+    nproc: int = setting(1, "processes on this machine, one per GPU (torchrun above 1)", "Several GPUs and machines")
+    nnodes: int = setting(1, "machines in the job; above 1, start the same job train on each")
+    rdzv_endpoint: str = setting("", "host:port where the machines meet (c10d rendezvous), for nnodes > 1")
+    max_restarts: int = setting(3, "restarts of the processes after a crash, each from the newest checkpoint")
+    dist_timeout: str = setting("10m", "how long a process waits for the others in a collective before the job fails")
 
     @property
     def run_name(self) -> str:
@@ -140,6 +141,60 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 ENV_PREFIX = "JOB_"
+
+
+@dataclass(frozen=True)
+class SettingHelp:
+    """What `job train --help` and the README's settings table say about one setting."""
+
+    name: str
+    group: str
+    phrase: str
+    default: str
+    env: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.phrase} [default: {self.default}; env: {self.env}]"
+
+
+def shown(value: Any) -> str:
+    """A value as one writes it in .env or TOML: true/false, numbers as Python prints them, "" for empty."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if value != "" else '""'
+
+
+def default_shown(name: str) -> str:
+    """The value `job train` uses when nothing sets it: the default preset's where it sets one."""
+    preset = Config.preset
+    built_in = getattr(Config, name)
+    if name in PRESETS[preset] and PRESETS[preset][name] != built_in:
+        return f"{shown(PRESETS[preset][name])} from preset {preset}, else {shown(built_in)}"
+    return shown(built_in)
+
+
+def settings_help() -> list[SettingHelp]:
+    """Every setting in Config's order, in the group whose title came last. A field without a
+    phrase has an empty one here, and tests/test_help.py fails naming it."""
+    out, group = [], "Settings"
+    for f in fields(Config):
+        group = f.metadata.get("group") or group
+        out.append(SettingHelp(f.name, group, f.metadata.get("help", ""), default_shown(f.name),
+                               ENV_PREFIX + f.name.upper()))
+    return out
+
+
+def settings_table() -> str:
+    """The README's settings table (scripts/settings_table.py writes it there)."""
+    rows = ["| setting | default | environment | what it does |", "| --- | --- | --- | --- |"]
+    group = ""
+    for s in settings_help():
+        if s.group != group:
+            group = s.group
+            rows.append(f"| **{group}** | | | |")
+        rows.append(f"| `{s.name}` | {s.default} | `{s.env}` | {s.phrase} |")
+    return "\n".join(rows) + "\n"
 
 
 def coerce(name: str, value: Any) -> Any:

@@ -1,6 +1,6 @@
 """Live monitoring, proven against a real Prometheus scraping a real `python -m job train`, and the
 Grafana dashboard's queries run against it. Needs the `prometheus` and `promtool` binaries
-(Debian: apt-get install -y prometheus; .ci/run installs them)."""
+(Debian: apt-get install -y prometheus; make test installs them)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def binary(name: str) -> str:
     path = shutil.which(name)
     if not path:
         pytest.fail(f"'{name}' not found on PATH: install Prometheus, e.g. `sudo apt-get install -y prometheus` "
-                    f"on Debian/Ubuntu (.ci/run does this), or put the release's binaries on PATH")
+                    f"on Debian/Ubuntu (make test does this), or put the release's binaries on PATH")
     return path
 
 

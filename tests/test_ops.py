@@ -132,7 +132,7 @@ def image_command(*args: str) -> list[str]:
     cmd = exec_form("ENTRYPOINT") + (list(args) or exec_form("CMD"))
     assert cmd[:3] == ["/usr/bin/tini", "--", "python"], cmd
     tini = shutil.which("tini")
-    assert tini, "tini not found: apt-get install -y tini (.ci/run does this)"
+    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
     return [tini, "--", sys.executable, *cmd[3:]]
 
 

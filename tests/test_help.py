@@ -1,0 +1,81 @@
+"""`--help` explains every setting, from the one place settings are described (job/config.py),
+and shows every help text as written: no `[...]` taken for markup and dropped."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import fields
+
+import pytest
+import typer
+from conftest import ROOT, job_env, run_job
+
+from job.cli import app
+from job.config import PRESETS, Config, settings_help, settings_table
+
+COMMANDS = [info.name or info.callback.__name__ for info in app.registered_commands]
+
+
+def rendered_help(*command: str) -> str:
+    """`python -m job COMMAND --help` as a terminal shows it, the panels' borders removed and
+    lines joined, so a phrase wrapped over two lines reads as one."""
+    res = run_job([*command, "--help"], cwd=ROOT, env=job_env(COLUMNS="160", TERMINAL_WIDTH="160"), timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", res.stdout).split())
+
+
+def given_help(callback) -> list[str]:
+    """The help texts a command was given in the code: its docstring and each parameter's help."""
+    texts = [inspect.getdoc(callback) or ""]
+    for param in inspect.signature(callback).parameters.values():
+        if isinstance(param.default, typer.models.ParameterInfo) and param.default.help:
+            texts.append(param.default.help)
+    return texts
+
+
+def test_every_setting_has_one_short_phrase_and_a_group():
+    missing = [f.name for f in fields(Config) if not f.metadata.get("help")]
+    assert not missing, (f"Config fields without a help phrase: {', '.join(missing)}; write each line in "
+                         f"job/config.py as  name: type = setting(default, \"what it does\")")
+    for s in settings_help():
+        assert len(s.phrase) <= 90 and "\n" not in s.phrase, f"{s.name}: one short phrase, please: {s.phrase!r}"
+    assert fields(Config)[0].metadata["group"], "Config's first field needs a group title: setting(..., \"Title\")"
+    preset = next(s for s in settings_help() if s.name == "preset")
+    assert all(name in preset.phrase for name in PRESETS), f"preset's phrase must name every preset: {list(PRESETS)}"
+
+
+def test_readme_settings_table_is_the_one_config_writes():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert settings_table() in readme, ("README.md's settings table is stale; run "
+                                        ".venv/bin/python scripts/settings_table.py")
+
+
+@pytest.mark.parametrize("command", ["train", "plan"])
+def test_every_setting_shows_its_phrase_default_and_env_name_in_its_group(command):
+    text = rendered_help(command)
+    for s in settings_help():
+        flag = "--" + s.name.replace("_", "-")
+        assert re.search(rf"{flag}\b.*?{re.escape(s.phrase)} \[default: {re.escape(s.default)}; env: {s.env}\]",
+                         text), f"{command} --help: {flag} lacks its phrase, default or env name"
+    groups = list(dict.fromkeys(s.group for s in settings_help()))
+    assert len(groups) >= 6
+    at = [text.index(f"Settings: {g}") for g in groups]
+    assert at == sorted(at), "the settings' panels are not in Config's order"
+    assert "<bool>" not in text
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_no_bracketed_help_text_is_eaten(command):
+    text = rendered_help(*([command] if command else []))
+    if command is None:
+        texts = given_help(app.registered_callback.callback)
+    else:
+        info = next(i for i in app.registered_commands if (i.name or i.callback.__name__) == command)
+        texts = given_help(info.callback)
+    bracketed = [b for t in texts for b in re.findall(r"\[[^\]]*\]", t)]
+    if command in ("train", "plan", "status"):
+        assert bracketed, "these commands' help has [...] text; the test would check nothing"
+    for b in bracketed:
+        assert " ".join(b.split()) in text, f"{command or 'job'} --help dropped {b!r}"
+    assert "<bool>" not in text
