@@ -37,7 +37,7 @@ from job.config import Config
 from job.data.shards import MANIFEST
 from job.errors import ConfigError
 from job.fileio import read_json
-from job.flops import param_counts, total_flops
+from job.flops import optimizer_flops_per_iter, param_counts, total_flops
 from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup, peak_flops
 
 GIB = 2**30
@@ -127,7 +127,10 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
         # autocast's compute-dtype copies of every matmul weight, kept for backward
         "weight_copies": c * (V * d + 12 * L * d * d) if c < 4 else 0,
         "grads": 4 * n["total"],
-        "adamw": 8 * n["total"],  # exp_avg and exp_avg_sq in fp32
+        # AdamW's exp_avg and exp_avg_sq in fp32; with optimizer muon only outside the hidden matrices,
+        # which have Muon's one fp32 momentum buffer instead
+        "adamw": 8 * (n["total"] - muon_params(cfg)),
+        "muon": 4 * muon_params(cfg),
         "activations": activation_bytes(cfg, b, c),
         "logits": logits_bytes(cfg, b, c),
         "grad_buckets": 4 * n["total"] if cfg.processes > 1 else 0,  # DDP's copy of the gradients
@@ -136,6 +139,11 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
     parts["workspace"] = int(WORKSPACE_GPU + ALLOCATOR_SLACK * tensors) if on_gpu else 0
     parts["total"] = tensors + parts["workspace"]
     return parts
+
+
+def muon_params(cfg: Config) -> int:
+    """Parameters Muon updates (the blocks' matrices); 0 with optimizer adamw."""
+    return param_counts(cfg)["hidden_matrices"] if cfg.optimizer == "muon" else 0
 
 
 def largest_fit(cfg: Config, c: int, on_gpu: bool, capacity: float) -> tuple[int, int] | None:
@@ -191,7 +199,9 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     else:
         data_tokens, data_from = dataset_tokens_from_manifest(cfg)
     fl = total_flops(cfg, tokens_total)
-    flops_iter = fl["per_token"] * cfg.tokens_per_iter
+    fl["optimizer_per_iter"] = optimizer_flops_per_iter(cfg)  # Muon's, not per token
+    fl["total"] += fl["optimizer_per_iter"] * cfg.max_iters
+    flops_iter = fl["per_token"] * cfg.tokens_per_iter + fl["optimizer_per_iter"]
     all_watts = watts * cards if watts else None
     rows = [time_row(flops_iter, fl["total"], peak * m * speedup, all_watts, cfg, m) for m in mfus] if peak else []
 
@@ -212,7 +222,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     fit = largest_fit(cfg, c, on_gpu, capacity) if capacity else None
     return {
         "config": {k: getattr(cfg, k) for k in ("preset", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
-                                               "bias", "batch_size", "grad_accum", "max_iters", "compile")},
+                                               "bias", "batch_size", "grad_accum", "max_iters", "compile", "recipe",
+                                               "optimizer")},
         "tokens": {"per_iter": cfg.tokens_per_iter, "total": tokens_total, "dataset": data_tokens,
                    "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None},
         "params": param_counts(cfg),
@@ -248,6 +259,8 @@ def render(p: dict[str, Any]) -> str:
         f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
         f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",
         f"FLOPs/token   {f['per_token']:,.0f} = {f['formula']}",
+        f"optimizer     {cfg['optimizer']}: {f['optimizer_per_iter']:.3g} FLOPs/iter (Muon's Newton-Schulz; "
+        f"not in MFU, which counts the model's)",
         f"FLOPs         {f['total']:.3g} total = {_num(f['total_pflop'], ',.0f' if f['total_pflop'] >= 10 else '.3g')}"
         f" PFLOP (6ND alone {f['six_n_d']:.3g})",
         f"GPU           {g['name']}: peak {_num(g['peak_tflops'], '.1f')} TFLOP/s dense bf16 "
@@ -273,8 +286,8 @@ def render(p: dict[str, Any]) -> str:
         lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
     lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
               f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"]
-    for k in ("weights", "weight_copies", "grads", "adamw", "activations", "logits", "grad_buckets", "workspace",
-              "total"):
+    for k in ("weights", "weight_copies", "grads", "adamw", "muon", "activations", "logits", "grad_buckets",
+              "workspace", "total"):
         lines.append(f"  {k:12}{_gb(m[k]):>12}")
     if p["measured"] and p["measured"].get("peak_memory_bytes"):
         lines.append(f"  {'measured':12}{_gb(p['measured']['peak_memory_bytes']):>12} (torch peak allocated)")

@@ -270,7 +270,7 @@ def lr_at(it: int, cfg: Config) -> float:
         return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
     if cfg.schedule == "wsd":
         left = (cfg.max_iters - it) / max(1.0, cfg.warmdown_frac * cfg.max_iters)
-        return cfg.min_lr + min(1.0, max(0.0, left)) * (cfg.lr - cfg.min_lr)
+        return cfg.lr if left >= 1 else cfg.min_lr + max(0.0, left) * (cfg.lr - cfg.min_lr)
     span = max(1, cfg.max_iters - cfg.warmup_iters)
     progress = min(1.0, (it - cfg.warmup_iters) / span)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
