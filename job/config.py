@@ -3,7 +3,8 @@
 One name per setting everywhere: the field `max_iters` is `--max-iters` on the command line,
 `JOB_MAX_ITERS` in the environment or `.env`, and `max_iters` in a TOML file.
 Precedence: defaults < preset < TOML file < environment (the env file, `.env` or JOB_ENV_FILE,
-fills in only what the real environment lacks) < command-line flags. The run's name and
+fills in only what the real environment lacks) < command-line flags; the recipe those name (else
+the preset's) comes in right after the preset, with the preset's learning rates for it. The run's name and
 directory resolve the same way for every command (train, status, sample) and for make and cron.
 """
 
