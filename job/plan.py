@@ -176,6 +176,14 @@ def scaling(cfg: Config, efficiency: float) -> dict[str, Any]:
             "micro_batches_per_gpu": cfg.grad_accum // n}
 
 
+def run_flops(cfg: Config, tokens: float) -> dict[str, Any]:
+    """The run's FLOPs (job/flops.py), with the optimizer's own per iteration (Muon's) added in."""
+    fl = total_flops(cfg, tokens)
+    fl["optimizer_per_iter"] = optimizer_flops_per_iter(cfg)
+    fl["total"] += fl["optimizer_per_iter"] * cfg.max_iters
+    return fl
+
+
 def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = None,
               mfus: tuple[float, ...] = DEFAULT_MFUS, measure: bool = False,
               watts: float | None = None, efficiency: float = DEFAULT_SCALING) -> dict[str, Any]:
@@ -198,9 +206,7 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         data_tokens, data_from = dataset_tokens, "--dataset-tokens"
     else:
         data_tokens, data_from = dataset_tokens_from_manifest(cfg)
-    fl = total_flops(cfg, tokens_total)
-    fl["optimizer_per_iter"] = optimizer_flops_per_iter(cfg)  # Muon's, not per token
-    fl["total"] += fl["optimizer_per_iter"] * cfg.max_iters
+    fl = run_flops(cfg, tokens_total)
     flops_iter = fl["per_token"] * cfg.tokens_per_iter + fl["optimizer_per_iter"]
     all_watts = watts * cards if watts else None
     rows = [time_row(flops_iter, fl["total"], peak * m * speedup, all_watts, cfg, m) for m in mfus] if peak else []
