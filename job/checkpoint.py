@@ -14,6 +14,11 @@ against their seals but none of them loads (a torch upgrade, a weights_only chan
 run is refused (`Unloadable`) rather than started over: a new run's checkpoints would rotate the
 old ones away.
 
+"optimizer" is the optimizer's own state_dict: torch AdamW's for optimizer adamw (the nanogpt
+recipe, and every checkpoint written before recipes existed), and {"muon": Muon's, "adamw":
+AdamW's} for optimizer muon (job/optim.py). A checkpoint's config without the recipe settings
+is read as the nanogpt recipe (config.LEGACY).
+
 An imported checkpoint (`job import-nanogpt`) has the same layout with an empty data fingerprint
 and no optimizer moments: weights made elsewhere, with no data order, optimizer or RNG stream of
 a run here to continue. Restoring one loads the weights and leaves the optimizer fresh, so
@@ -98,7 +103,8 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     imported one puts back the weights and its counters only, and empties the optimizer's state."""
     model.load_state_dict(saved["model"])
     if is_imported(saved):
-        optimizer.state.clear()
+        for part in getattr(optimizer, "optimizers", (optimizer,)):  # job/optim.py's MuonAdamW holds two
+            part.state.clear()
         return TrainState.from_state_dict(saved)
     load_optimizer(optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

@@ -3,7 +3,8 @@
 One name per setting everywhere: the field `max_iters` is `--max-iters` on the command line,
 `JOB_MAX_ITERS` in the environment or `.env`, and `max_iters` in a TOML file.
 Precedence: defaults < preset < TOML file < environment (the env file, `.env` or JOB_ENV_FILE,
-fills in only what the real environment lacks) < command-line flags. The run's name and
+fills in only what the real environment lacks) < command-line flags; the recipe those name (else
+the preset's) comes in right after the preset, with the preset's learning rates for it. The run's name and
 directory resolve the same way for every command (train, status, sample) and for make and cron.
 """
 
@@ -55,13 +56,24 @@ class Config:
     batch_size: int = setting(16, "micro-batch, in sequences", "Batch and schedule")
     grad_accum: int = setting(1, "micro-batches per iteration, split over the processes")
     max_iters: int = setting(1000, "iterations to train; DONE is written after the last")
-    lr: float = setting(1e-3, "peak learning rate (AdamW, cosine decay)")
+    lr: float = setting(1e-3, "peak learning rate of AdamW (with muon: embeddings, head, norms)")
     min_lr: float = setting(1e-4, "learning rate at the end of the decay, 0 to lr")
     warmup_iters: int = setting(50, "iterations of linear warm-up")
     weight_decay: float = setting(0.1, "AdamW weight decay")
     beta1: float = setting(0.9, "AdamW beta1, in [0, 1)")
     beta2: float = setting(0.95, "AdamW beta2, in [0, 1)")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)")
+    recipe: str = setting("nanogpt", "how the model learns: nanogpt or modern; sets the six below and the lrs",
+                          "Recipe")
+    optimizer: str = setting("adamw", "adamw, or muon: torch's Muon on the blocks' matrices, AdamW on the rest")
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (lr stays AdamW's: embeddings, head, norms)")
+    muon_momentum: float = setting(0.95, "Muon's (Nesterov) momentum")
+    muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay")
+    schedule: str = setting("cosine", "cosine (warmup, cosine to min_lr) or wsd (warmup, flat, linear warmdown)")
+    warmdown_frac: float = setting(0.4, "wsd: the last fraction of max_iters over which lr falls to min_lr")
+    activation: str = setting("gelu", "MLP activation: gelu (exact) or relu2 (ReLU squared)")
+    tie_embeddings: bool = setting(True, "the token embedding is the output head's weight")
+    zero_init: bool = setting(False, "projections into the residual stream (and an untied head) start at zero")
     bad_step_limit: int = setting(5, "non-finite steps in a row (each skipped) before a roll-back", "Non-finite guard")
     rollback_limit: int = setting(3, "roll-backs in a row, with no good checkpoint between, before exit 1")
     eval_interval: int = setting(100, "iterations between val-loss evals", "Bookkeeping")
@@ -114,6 +126,16 @@ class Config:
 # Settings that change the model's shape or what data it sees: a resume that changes any of
 # them is refused, since the checkpoint could not be continued faithfully.
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "seed")
+# Settings that change the optimizer's state or the model's function: a resume that changes one is
+# refused as well. A checkpoint written before they existed is a nanogpt-recipe run (LEGACY).
+RECIPE_KEYS = ("optimizer", "activation", "tie_embeddings")
+
+# What a recipe sets, whatever the preset; each preset adds its learning rates (PRESET_RECIPES).
+RECIPES: dict[str, dict[str, Any]] = {
+    "nanogpt": dict(optimizer="adamw", schedule="cosine", activation="gelu", tie_embeddings=True, zero_init=False),
+    "modern": dict(optimizer="muon", schedule="wsd", activation="relu2", tie_embeddings=False, zero_init=True),
+}
+LEGACY = RECIPES["nanogpt"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # About 5 M parameters, most of them the tied GPT-2 embedding: reaches val loss ~5.3 on
@@ -122,21 +144,42 @@ PRESETS: dict[str, dict[str, Any]] = {
     # learns as much per token while stepping faster (measured: n_embd 64/96/128 compared).
     "tiny": dict(
         n_layer=4, n_head=4, n_embd=96, block_size=64, batch_size=16, grad_accum=1,
-        max_iters=800, lr=3e-3, min_lr=3e-4, warmup_iters=20, eval_interval=200,
-        eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto", loss_chunk=64,
+        max_iters=800, eval_interval=200, eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto",
+        loss_chunk=64, recipe="modern",
     ),
-    # The scenario's model: 40.56 M parameters (nanoGPT's count), 524,288 tokens/iteration.
+    # The scenario's model: 40.56 M parameters (nanoGPT's count; the modern recipe's untied head
+    # adds 19.32 M more, a second 50304 x 384 matrix), 524,288 tokens/iteration.
     "gpt2-40m": dict(
         n_layer=12, n_head=6, n_embd=384, block_size=1024, batch_size=16, grad_accum=32,
-        max_iters=20000, lr=6e-4, min_lr=6e-5, warmup_iters=700, eval_interval=500,
-        eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+        max_iters=20000, eval_interval=500, eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+        recipe="modern",
     ),
     # GPT-2 small as OpenAI released it; nanoGPT's reproduction settings.
     "gpt2-124m": dict(
         n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, grad_accum=32,
-        max_iters=20000, lr=6e-4, min_lr=6e-5, warmup_iters=700, eval_interval=500,
-        eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+        max_iters=20000, eval_interval=500, eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
+        recipe="modern",
     ),
+}
+
+# Each preset's learning rates per recipe. nanogpt: the settings the presets had before recipes
+# (nanoGPT's own for the GPU presets), so `--recipe nanogpt` trains exactly as before.
+NANOGPT_GPU = dict(lr=6e-4, min_lr=6e-5, warmup_iters=700)  # nanoGPT's train_gpt2 config (Karpathy)
+MODERN_GPU = dict(
+    # AdamW (embeddings, head, norms): 3x nanoGPT's 6e-4, modded-nanogpt's record 2 ("3x learning rate")
+    lr=1.8e-3, min_lr=0.0,
+    # Muon on the hidden matrices: lr 0.02, momentum 0.95, weight decay 0.01, the values of the
+    # KellerJordan/Muon README's usage example ("should have built-in muP scaling": no retuning per size)
+    muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.01,
+    warmup_iters=250, warmdown_frac=0.4,  # measured on tiny (README, "Recipes"); unmeasured at this scale
+)
+PRESET_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "nanogpt": dict(lr=3e-3, min_lr=3e-4, warmup_iters=20),
+        "modern": dict(lr=3e-3, min_lr=0.0, warmup_iters=20, muon_lr=0.02, muon_momentum=0.95, warmdown_frac=0.4),
+    },
+    "gpt2-40m": {"nanogpt": NANOGPT_GPU, "modern": MODERN_GPU},
+    "gpt2-124m": {"nanogpt": NANOGPT_GPU, "modern": MODERN_GPU},
 }
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
@@ -321,9 +364,15 @@ def resolve(
     if preset not in PRESETS:
         raise ConfigError(f"preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset])
+    recipe = str(values.get("recipe", Config.recipe))
+    for layer in layers:
+        recipe = str(layer.get("recipe", recipe))
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe: unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}")
+    values.update(RECIPES[recipe], **PRESET_RECIPES[preset][recipe])  # then every layer over them
     for layer in layers:
         values.update(layer)
-    values["preset"] = preset
+    values["preset"], values["recipe"] = preset, recipe
     cfg = Config(**{k: coerce(k, v) for k, v in values.items()})
     validate(cfg)
     return cfg
@@ -349,6 +398,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.weight_decay >= 0, f"weight_decay: must be >= 0, got {cfg.weight_decay}")
     _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, f"beta1/beta2: must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     _check(cfg.grad_clip >= 0, f"grad_clip: must be >= 0 (0 = off), got {cfg.grad_clip}")
+    validate_recipe(cfg)
     _check(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1), got {cfg.dropout}")
     _check(cfg.loss_chunk >= 0, f"loss_chunk: must be >= 0 (0 = full logits), got {cfg.loss_chunk}")
     _check(cfg.rollback_limit >= 0, f"rollback_limit: must be >= 0 (0 = end the run at once), got {cfg.rollback_limit}")
@@ -368,6 +418,19 @@ def validate(cfg: Config) -> None:
     if cfg.stop_at:
         parse_clock(cfg.stop_at)
     validate_scale(cfg)
+
+
+def validate_recipe(cfg: Config) -> None:
+    """The optimizer, schedule and model choices (README, "Recipes")."""
+    _check(cfg.recipe in RECIPES, f"recipe: '{cfg.recipe}' is not one of {', '.join(RECIPES)}")
+    _check(cfg.optimizer in ("adamw", "muon"), f"optimizer: '{cfg.optimizer}' is not one of adamw, muon")
+    _check(cfg.schedule in ("cosine", "wsd"), f"schedule: '{cfg.schedule}' is not one of cosine, wsd")
+    _check(cfg.activation in ("gelu", "relu2"), f"activation: '{cfg.activation}' is not one of gelu, relu2")
+    _check(cfg.muon_lr > 0, f"muon_lr: must be > 0, got {cfg.muon_lr}")
+    _check(0 <= cfg.muon_momentum < 1, f"muon_momentum: must be in [0, 1), got {cfg.muon_momentum}")
+    _check(cfg.muon_weight_decay >= 0, f"muon_weight_decay: must be >= 0, got {cfg.muon_weight_decay}")
+    _check(0 <= cfg.warmdown_frac <= 1, f"warmdown_frac: must be in [0, 1] (a fraction of max_iters), "
+                                        f"got {cfg.warmdown_frac}")
 
 
 def validate_scale(cfg: Config) -> None:

@@ -26,17 +26,32 @@ def param_counts(c: Any) -> dict[str, int]:
         + 4 * d * d + d * b  # MLP down
     )
     wte, wpe = V * d, T * d
-    total = wte + wpe + L * per_block + d * (1 + b)  # + final LayerNorm
-    return {"total": total, "nanogpt": total - wpe, "kaplan": total - wpe - wte}
+    head = 0 if getattr(c, "tie_embeddings", True) else V * d  # an untied head: a second V x d matrix
+    total = wte + wpe + head + L * per_block + d * (1 + b)  # + final LayerNorm
+    return {"total": total, "nanogpt": total - wpe, "kaplan": total - wpe - wte - head,
+            "hidden_matrices": L * 12 * d * d, "untied_embedding": wte if head else 0}
 
 
 def flops_per_token(c: Any) -> dict[str, float]:
     """Training FLOPs per token: 6N for the matmuls forward and backward (N = nanoGPT's count),
     plus 12·n_layer·n_embd·block_size for attention scores and their weighted sum (the PaLM
     appendix's accounting, as nanoGPT's estimate_mfu uses)."""
-    n = param_counts(c)["nanogpt"]
+    counts = param_counts(c)
+    n = counts["nanogpt"] - counts["untied_embedding"]  # an untied embedding is a lookup: no matmul
     attention = 12 * c.n_layer * c.n_embd * c.block_size
     return {"six_n": 6.0 * n, "attention": float(attention), "total": 6.0 * n + attention}
+
+
+def optimizer_flops_per_iter(c: Any, ns_steps: int = 5) -> float:
+    """Muon's Newton-Schulz iterations, once per iteration (not per token): for each hidden
+    matrix, m x n with m <= n, each of the 5 steps is X X^T (2m²n), A A (2m³) and B X (2m²n).
+    AdamW's elementwise update (about 10 FLOPs a parameter) is left out, as nanoGPT's count does."""
+    if getattr(c, "optimizer", "adamw") != "muon":
+        return 0.0
+    d = c.n_embd
+    shapes = [(d, 3 * d), (d, d), (d, 4 * d), (d, 4 * d)]  # qkv, attention out, MLP up, MLP down
+    per_layer = sum(ns_steps * (4 * m * m * n + 2 * m ** 3) for m, n in shapes)
+    return float(c.n_layer * per_layer)
 
 
 FORMULA = "6N + 12·n_layer·n_embd·block_size (N = nanoGPT's count; PaLM's attention term)"

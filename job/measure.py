@@ -12,6 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from job import optim
 from job.config import Config
 from job.device import configure, pick_device, pick_precision
 from job.model import GPT, build_model
@@ -89,7 +90,7 @@ def measure_steps(cfg: Config, warmup: int = 2, steps: int = 3) -> dict[str, Any
     prec = pick_precision(device, cfg.dtype)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
-    optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = optim.build(model, cfg, device.type)
     step_model = torch.compile(model) if cfg.compile else model
     shape = (cfg.batch_size, cfg.block_size)
 

@@ -72,7 +72,10 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
         # autocast's compute-dtype copies of every matmul weight, kept for backward
         "weight_copies": c * (V * d + 12 * L * d * d) if c < 4 else 0,
         "grads": 4 * n["total"],
-        "adamw": 8 * n["total"],  # exp_avg and exp_avg_sq in fp32
+        # AdamW's exp_avg and exp_avg_sq in fp32; with optimizer muon only outside the hidden matrices,
+        # which have Muon's one fp32 momentum buffer instead
+        "adamw": 8 * (n["total"] - muon_params(cfg)),
+        "muon": 4 * muon_params(cfg),
         "activations": activation_bytes(cfg, b, c, on_gpu),
         "logits": logits_bytes(cfg, b, c),
         "grad_buckets": 4 * n["total"] if cfg.processes > 1 else 0,  # DDP's copy of the gradients
@@ -81,6 +84,11 @@ def memory(cfg: Config, c: int, on_gpu: bool, batch: int | None = None) -> dict[
     parts["workspace"] = int(WORKSPACE_GPU + ALLOCATOR_SLACK * tensors) if on_gpu else 0
     parts["total"] = tensors + parts["workspace"]
     return parts
+
+
+def muon_params(cfg: Config) -> int:
+    """Parameters Muon updates (the blocks' matrices); 0 with optimizer adamw."""
+    return param_counts(cfg)["hidden_matrices"] if cfg.optimizer == "muon" else 0
 
 
 def largest_fit(cfg: Config, c: int, on_gpu: bool, capacity: float) -> tuple[int, int] | None:

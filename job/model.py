@@ -2,7 +2,10 @@
 
 Learned position embeddings, pre-LayerNorm blocks, GELU MLP, causal self-attention through
 torch's scaled_dot_product_attention (flash / memory-efficient kernels where available), and the
-token embedding tied to the output head.
+token embedding tied to the output head. The modern recipe's choices keep it an exact GPT-2
+(job/export.py): ReLU² for GELU (`activation`), an untied head (`tie_embeddings`), and the
+projections into the residual stream (and an untied head) starting at zero (`zero_init`). The
+defaults are nanoGPT's model, initialised from the same random draws in the same order.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ class GPTConfig:
     bias: bool = False
     dropout: float = 0.0
     loss_chunk: int = 0  # rows per chunk of the fused head + loss; 0 = plain full logits
+    activation: str = "gelu"  # MLP activation: gelu (exact) | relu2 (ReLU squared)
+    tie_embeddings: bool = True  # the token embedding is the output head's weight
+    zero_init: bool = False  # projections into the residual stream (and an untied head) start at zero
 
 
 class LayerNorm(nn.Module):
@@ -68,9 +74,12 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.activation == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -155,13 +164,18 @@ class GPT(nn.Module):
             ln_f=LayerNorm(cfg.n_embd, cfg.bias),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if cfg.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds to the residual stream twice, so the projections
         # into it shrink with depth to keep the stream's variance from growing.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.zero_init:  # each block starts as the identity, and the untied head predicts uniformly
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight") or (name == "lm_head.weight" and not cfg.tie_embeddings):
+                    nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -173,7 +187,7 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """nanoGPT's count: the tied head once, position embeddings left out by default."""
+        """nanoGPT's count: a tied head once (an untied one as well), position embeddings left out by default."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 

@@ -152,8 +152,10 @@ def import_nanogpt(path: Path, run: RunDir, out_dir: Path) -> dict[str, Any]:
 
 
 def train_flags(cfg: Config) -> str:
-    """The flags that make `job train` build this model (its shape must match the checkpoint's)."""
-    flags = [f"--run {cfg.run_name}"] + [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in SHAPE if k != "bias"]
+    """The flags that make `job train` build this model (its shape must match the checkpoint's, and
+    its function: nanoGPT's GELU and tied head, the nanogpt recipe; `--optimizer muon` may be added)."""
+    flags = [f"--run {cfg.run_name}", "--recipe nanogpt"]
+    flags += [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k in SHAPE if k != "bias"]
     flags.append("--bias" if cfg.bias else "--no-bias")
     if cfg.out_dir != Config.out_dir:
         flags.append(f"--out-dir {cfg.out_dir}")

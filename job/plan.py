@@ -24,7 +24,7 @@ from job.config import Config
 from job.data.shards import MANIFEST
 from job.errors import ConfigError
 from job.fileio import read_json
-from job.flops import param_counts, total_flops
+from job.flops import optimizer_flops_per_iter, param_counts, total_flops
 from job.gpus import BY_KEY, Card, UnknownCard, choices, detect, from_device_name, lookup, peak_flops
 from job.memory import compute_bytes, largest_fit, memory
 
@@ -97,6 +97,14 @@ def scaling(cfg: Config, efficiency: float) -> dict[str, Any]:
             "micro_batches_per_gpu": cfg.grad_accum // n}
 
 
+def run_flops(cfg: Config, tokens: float) -> dict[str, Any]:
+    """The run's FLOPs (job/flops.py), with the optimizer's own per iteration (Muon's) added in."""
+    fl = total_flops(cfg, tokens)
+    fl["optimizer_per_iter"] = optimizer_flops_per_iter(cfg)
+    fl["total"] += fl["optimizer_per_iter"] * cfg.max_iters
+    return fl
+
+
 def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = None,
               mfus: tuple[float, ...] = DEFAULT_MFUS, measure: bool = False,
               watts: float | None = None, efficiency: float = DEFAULT_SCALING) -> dict[str, Any]:
@@ -119,8 +127,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         data_tokens, data_from = dataset_tokens, "--dataset-tokens"
     else:
         data_tokens, data_from = dataset_tokens_from_manifest(cfg)
-    fl = total_flops(cfg, tokens_total)
-    flops_iter = fl["per_token"] * cfg.tokens_per_iter
+    fl = run_flops(cfg, tokens_total)
+    flops_iter = fl["per_token"] * cfg.tokens_per_iter + fl["optimizer_per_iter"]
     all_watts = watts * cards if watts else None
     rows = [time_row(flops_iter, fl["total"], peak * m * speedup, all_watts, cfg, m) for m in mfus] if peak else []
 
@@ -141,7 +149,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     fit = largest_fit(cfg, c, on_gpu, capacity) if capacity else None
     return {
         "config": {k: getattr(cfg, k) for k in ("preset", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
-                                               "bias", "batch_size", "grad_accum", "max_iters", "compile")},
+                                               "bias", "batch_size", "grad_accum", "max_iters", "compile", "recipe",
+                                               "optimizer")},
         "tokens": {"per_iter": cfg.tokens_per_iter, "total": tokens_total, "dataset": data_tokens,
                    "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None},
         "params": param_counts(cfg),
@@ -177,6 +186,8 @@ def render(p: dict[str, Any]) -> str:
         f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
         f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",
         f"FLOPs/token   {f['per_token']:,.0f} = {f['formula']}",
+        f"optimizer     {cfg['optimizer']}: {f['optimizer_per_iter']:.3g} FLOPs/iter (Muon's Newton-Schulz; "
+        f"not in MFU, which counts the model's)",
         f"FLOPs         {f['total']:.3g} total = {_num(f['total_pflop'], ',.0f' if f['total_pflop'] >= 10 else '.3g')}"
         f" PFLOP (6ND alone {f['six_n_d']:.3g})",
         f"GPU           {g['name']}: peak {_num(g['peak_tflops'], '.1f')} TFLOP/s dense bf16 "
@@ -202,8 +213,8 @@ def render(p: dict[str, Any]) -> str:
         lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
     lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
               f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"]
-    for k in ("weights", "weight_copies", "grads", "adamw", "activations", "logits", "grad_buckets", "workspace",
-              "total"):
+    for k in ("weights", "weight_copies", "grads", "adamw", "muon", "activations", "logits", "grad_buckets",
+              "workspace", "total"):
         lines.append(f"  {k:12}{_gb(m[k]):>12}")
     if p["measured"] and p["measured"].get("peak_memory_bytes"):
         lines.append(f"  {'measured':12}{_gb(p['measured']['peak_memory_bytes']):>12} (torch peak allocated)")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from job import checkpoint, dist
-from job.config import SHAPE_KEYS, Config
+from job import checkpoint, dist, optim
+from job.config import LEGACY, RECIPE_KEYS, SHAPE_KEYS, Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.loader import TrainLoader, val_batches
 from job.device import Precision, configure, pick_device, pick_precision, seed_step, to_device
@@ -69,7 +69,7 @@ class Session:
     model: GPT
     step_model: torch.nn.Module  # the model, in DDP under torchrun, compiled (around DDP) when compile is on
     eval_model: torch.nn.Module  # the model without DDP, compiled when compile is on (its own graph: no_grad, eval)
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | optim.MuonAdamW
     scaler: torch.amp.GradScaler
     loader: TrainLoader
     val: list[np.ndarray]
@@ -199,8 +199,7 @@ def train_step(s: Session, lr: float) -> Step:
     ranks, is its one host sync: the guard needs them before the update."""
     cfg, w = s.cfg, s.world
     accum = cfg.grad_accum // w.size
-    for group in s.optimizer.param_groups:
-        group["lr"] = lr
+    optim.set_lr(s.optimizer, lr, cfg)
     loss_sum = torch.zeros((), device=s.device)
     for j, rows in enumerate(s.loader.share(w.rank, w.size, cfg.grad_accum)):
         x, y = to_device(rows, s.device)
@@ -282,9 +281,13 @@ def rollback(s: Session, why: str) -> None:
 
 
 def lr_at(it: int, cfg: Config) -> float:
-    """Linear warmup, then cosine decay to min_lr at max_iters."""
+    """Linear warmup, then cosine decay to min_lr at max_iters; or (schedule wsd) warmup, flat at
+    lr, and a linear warmdown to min_lr over the last warmdown_frac of max_iters."""
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.schedule == "wsd":
+        left = (cfg.max_iters - it) / max(1.0, cfg.warmdown_frac * cfg.max_iters)
+        return cfg.lr if left >= 1 else cfg.min_lr + max(0.0, left) * (cfg.lr - cfg.min_lr)
     span = max(1, cfg.max_iters - cfg.warmup_iters)
     progress = min(1.0, (it - cfg.warmup_iters) / span)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
@@ -307,7 +310,7 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
                                       torch.cuda.get_device_name(device)))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
-    optimizer = model.optimizer(cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device.type)
+    optimizer = optim.build(model, cfg, device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=prec.needs_scaler)
     state, resumed_from = TrainState(), None
     if resumed:
@@ -370,12 +373,18 @@ def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) ->
     old, imported = saved["config"], checkpoint.is_imported(saved)
     keys = [k for k in SHAPE_KEYS if not (imported and k == "seed")]
     diffs = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
+    # the optimizer and the model's function; a checkpoint from before recipes is a nanogpt one
+    recipe = [k for k in RECIPE_KEYS if not (imported and k == "optimizer")]
+    diffs += [f"{k} {old.get(k, LEGACY[k])!r} -> {getattr(cfg, k)!r}" for k in recipe
+              if old.get(k, LEGACY[k]) != getattr(cfg, k)]
     if not imported and saved["data_fingerprint"] != fingerprint:
         diffs.append(f"data {old.get('data')!r} (fingerprint {saved['data_fingerprint']}) -> {cfg.data!r} "
                      f"({fingerprint})")
     if diffs:
+        was = old.get("recipe", "nanogpt")
+        hint = f"--recipe {was} to continue it, or " if was != cfg.recipe else ""
         raise ConfigError(f"resume refused, run '{cfg.run_name}' was started with other settings: "
-                          f"{'; '.join(diffs)}. Use --fresh to start over (the old run is kept) or a new --run")
+                          f"{'; '.join(diffs)}. Use {hint}--fresh to start over (the old run is kept) or a new --run")
 
 
 def announce(s: Session, resumed_from: Path | None) -> None:

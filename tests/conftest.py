@@ -122,8 +122,12 @@ def assert_states_equal(a: dict, b: dict) -> None:
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
-    for pid in sa:
-        for k, v in sa[pid].items():
-            assert torch.equal(v, sb[pid][k]), f"optimizer state {pid}.{k} differs"
+    # AdamW's state_dict (the nanogpt recipe), or Muon's and AdamW's side by side (job/optim.py)
+    parts = [(n, a["optimizer"][n], b["optimizer"][n]) for n in ("muon", "adamw")] if "muon" in a["optimizer"] \
+        else [("adamw", a["optimizer"], b["optimizer"])]
+    for name, oa, ob in parts:
+        sa, sb = oa["state"], ob["state"]
+        assert sa.keys() == sb.keys(), f"{name}: state of other parameters"
+        for pid in sa:
+            for k, v in sa[pid].items():
+                assert torch.equal(v, sb[pid][k]), f"{name} state {pid}.{k} differs"

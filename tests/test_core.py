@@ -57,8 +57,8 @@ def test_prepare_unknown_source_exits_2():
 
 
 def test_model_matches_the_scenario_count_and_nanogpt_shape():
-    cfg = resolve(flags={"preset": "gpt2-40m"}, dotenv=None, environ={})
-    assert param_counts(cfg)["nanogpt"] == 40_560_000  # the scenario's 40.56 M
+    cfg = resolve(flags={"preset": "gpt2-40m", "recipe": "nanogpt"}, dotenv=None, environ={})
+    assert param_counts(cfg)["nanogpt"] == 40_560_000  # the scenario's 40.56 M (nanoGPT's tied head)
     small = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50304, bias=True)
     model = GPT(small)
     assert model.num_params() == param_counts(small)["nanogpt"]

@@ -37,7 +37,9 @@ def plan_json(*args: str, cwd: Path) -> dict:
 
 
 def test_scenario_figures_worked_by_hand(tmp_path):
-    p = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9", cwd=tmp_path)
+    # nanoGPT's model and optimizer, the scenario's (the modern recipe's extra: the test below)
+    p = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9",
+                  cwd=tmp_path)
     # tokens per iteration: micro-batch 16 x block 1024 x grad_accum 32 = 16 * 1024 * 32
     assert p["tokens"]["per_iter"] == 16 * 1024 * 32 == 524_288
     # tokens in total: 524,288 x 20,000 iterations
@@ -119,6 +121,22 @@ def test_memory_model_matches_torch_on_cpu(n_layer, n_embd, block, batch, dtype)
     measured_logits = measured["peak"] - measured["activations"] - measured["weights"]
     assert logits_bytes(cfg, batch, c) == pytest.approx(measured_logits, rel=0.15)
     assert predicted["weight_copies"] == pytest.approx(measured["weights"], rel=0.15)
+
+
+def test_the_modern_recipe_adds_its_head_muons_flops_and_state_worked_by_hand(tmp_path):
+    old = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", cwd=tmp_path)
+    new = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", cwd=tmp_path)
+    # an untied head: one more 50,304 x 384 matrix (19,316,736), and no more FLOPs per token
+    assert new["params"]["total"] - old["params"]["total"] == 50_304 * 384
+    assert new["flops"]["per_token"] == old["flops"]["per_token"]
+    # Newton-Schulz, 5 steps on each of 12 x 4 matrices (m = 384 rows after transposing, n = 3m, m, 4m, 4m):
+    # 5 x (4 m^2 n + 2 m^3) each = 5 x m^3 x (12 + 2 + 4 + 2 + 16 + 2 + 16 + 2) = 5 x 56 x m^3 per layer
+    assert new["flops"]["optimizer_per_iter"] == 12 * 5 * 56 * 384**3
+    assert new["flops"]["total"] == pytest.approx(old["flops"]["total"] + 20_000 * 12 * 5 * 56 * 384**3)
+    # Muon: one fp32 buffer on the 12 x 12 x 384^2 hidden weights; AdamW's two on the rest
+    hidden = 12 * 12 * 384**2
+    assert new["memory"]["muon"] == 4 * hidden
+    assert new["memory"]["adamw"] == 8 * (new["params"]["total"] - hidden)
 
 
 def test_too_big_a_micro_batch_gets_the_largest_that_fits():

@@ -33,9 +33,18 @@ from job.data.loader import LoaderState, TrainLoader
 
 RUN = "s"
 ITERS = 15
-SCALE = {**SMALL, "JOB_GRAD_ACCUM": "4", "JOB_MAX_ITERS": str(ITERS), "JOB_RUN": RUN}
+# AdamW on nanoGPT's model keeps the sums' other order within these tolerances; the modern recipe
+# does not (its own test below says by how much and why)
+SCALE = {**SMALL, "JOB_GRAD_ACCUM": "4", "JOB_MAX_ITERS": str(ITERS), "JOB_RUN": RUN, "JOB_RECIPE": "nanogpt"}
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
+# Measured here (1 vs 2 processes, 15 iterations): losses within 2.2e-6 relative, weights within
+# 0.0101 (transformer.wte.weight; c_attn 0.0079). Adam's first step moves every element by +-lr
+# whatever its gradient's size, and the zero-initialised head's gradient has elements that nearly
+# cancel, whose sign the order of the sums decides; Muon's Newton-Schulz lifts the noise-level
+# directions of low-rank early gradients. The function stays the same (the losses); the tolerance
+# is 3x the measurement.
+MODERN_LOSS_RTOL, MODERN_ATOL = 1e-4, 0.03
 
 
 def scale_env(data: Path, out: Path, **extra: str) -> dict[str, str]:
@@ -179,6 +188,24 @@ def test_two_processes_train_as_one_with_one_writer(one, two):
     assert "torchrun: the 2 processes on this machine ended with exit 0, 0; exit 0" in res.stderr
     keys = final_state(run_dir)["model"].keys()  # loads with weights_only=True; no DDP or compile prefix
     assert keys == final_state(one)["model"].keys() and not [k for k in keys if k.startswith(("module.", "_orig"))]
+
+
+def test_the_modern_recipe_trains_under_two_processes_as_under_one(shakespeare, tmp_path):
+    """Muon on gloo: the same run at 1 and 2 processes, up to the order of the sums (see MODERN_ATOL:
+    measured, not derived)."""
+    runs = {}
+    for n in ("1", "2"):
+        res = train(scale_env(shakespeare, tmp_path / n, JOB_RECIPE="modern"), "--nproc", n)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        runs[n] = tmp_path / n / RUN
+    got, ref = steps(runs["2"]), steps(runs["1"])
+    assert got.keys() == ref.keys() == set(range(1, ITERS + 1))
+    for it in got:
+        assert got[it]["train_loss"] == pytest.approx(ref[it]["train_loss"], rel=MODERN_LOSS_RTOL, abs=0), it
+    a, b = final_state(runs["2"]), final_state(runs["1"])
+    assert "muon" in a["optimizer"] and a["iteration"] == ITERS
+    worst = max((v - b["model"][k]).abs().max().item() for k, v in a["model"].items())
+    assert worst < MODERN_ATOL, worst
 
 
 @pytest.mark.parametrize("source, nproc", [("two", "1"), ("one", "2")], ids=["2 -> 1", "1 -> 2"])

@@ -114,7 +114,7 @@ def random_run(out_dir: Path, name: str, shape: dict, seed: int) -> GPT:
     torch.manual_seed(seed)
     cfg = Config(run=name, out_dir=str(out_dir), **shape)
     model = GPT(GPTConfig(**{k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                          "vocab_size", "bias")}))
+                                                          "vocab_size", "bias", "activation", "tie_embeddings")}))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3) if p.dim() > 1 else p.normal_(1.0 if p.shape[0] == cfg.n_embd else 0.0, 0.1)
@@ -137,7 +137,10 @@ def load_hf(directory: Path, caplog, **overrides):
 @pytest.mark.parametrize("shape", [
     dict(n_layer=2, n_head=3, n_embd=48, block_size=24, vocab_size=50304, bias=True),
     dict(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=50304, bias=False),
-], ids=["bias", "no-bias"])
+    # the modern recipe's model: ReLU² and an untied head
+    dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50304, bias=False, activation="relu2",
+         tie_embeddings=False),
+], ids=["bias", "no-bias", "relu2-untied"])
 def test_export_loads_in_transformers_with_our_logits_greedy_tokens_and_tokenizer(tmp_path, caplog, shape):
     runs = tmp_path / "runs"
     ours = random_run(runs, "r", shape, seed=shape["n_layer"])
@@ -146,13 +149,16 @@ def test_export_loads_in_transformers_with_our_logits_greedy_tokens_and_tokenize
     hf, info = load_hf(tmp_path / "hf", caplog)
     assert all(not v for v in info.values()), info  # no missing, unexpected or mismatched weights
     assert not [r for r in caplog.records if "weights" in r.getMessage().lower()], caplog.text
-    assert hf.config.vocab_size == 50257 and hf.config.tie_word_embeddings
+    tied = shape.get("tie_embeddings", True)
+    assert hf.config.vocab_size == 50257 and hf.config.tie_word_embeddings == tied
+    assert torch.equal(hf.lm_head.weight, hf.transformer.wte.weight) == tied
     x = torch.randint(0, 50257, (3, shape["block_size"]), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = ours.logits(x)[..., :50257], hf(x).logits
     assert (want - got).abs().max().item() < 1e-5
-    # the exact GELU is what makes them equal: GPT-2's default tanh approximation would not match
-    approx, _ = load_hf(tmp_path / "hf", caplog, activation_function="gelu_new")
+    # the exact GELU (or ReLU²) is what makes them equal: another activation would not match
+    other = "gelu_new" if shape.get("activation", "gelu") == "gelu" else "gelu"
+    approx, _ = load_hf(tmp_path / "hf", caplog, activation_function=other)
     with torch.no_grad():
         assert (approx(x).logits - want).abs().max().item() > 1e-4
 
