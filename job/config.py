@@ -209,11 +209,12 @@ def shown(value: Any) -> str:
 
 
 def default_shown(name: str) -> str:
-    """The value `job train` uses when nothing sets it: the default preset's where it sets one."""
-    preset = Config.preset
+    """The value `job train` uses when nothing sets it: the default preset's (with its recipe)
+    where that differs from the built-in one."""
+    used = getattr(resolve({}, environ={}, dotenv=None), name)
     built_in = getattr(Config, name)
-    if name in PRESETS[preset] and PRESETS[preset][name] != built_in:
-        return f"{shown(PRESETS[preset][name])} from preset {preset}, else {shown(built_in)}"
+    if used != built_in:
+        return f"{shown(used)} from preset {Config.preset}, else {shown(built_in)}"
     return shown(built_in)
 
 
