@@ -103,8 +103,9 @@ def restore(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.opti
     imported one puts back the weights and its counters only, and empties the optimizer's state."""
     model.load_state_dict(saved["model"])
     if is_imported(saved):
-        for part in getattr(optimizer, "optimizers", (optimizer,)):  # job/optim.py's MuonAdamW holds two
-            part.state.clear()
+        from job.optim import reset  # here, not at the top: reading seals loads no torch
+
+        reset(optimizer)
         return TrainState.from_state_dict(saved)
     load_optimizer(optimizer, saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])
