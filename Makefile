@@ -15,7 +15,7 @@ NPROC  ?=
 nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe
+.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -79,11 +79,14 @@ bench-metrics: setup ## Step time of tiny with metrics off and on, and the diffe
 bench-recipe: setup ## Val loss per token and per second of each recipe, 3 seeds, tiny and 6x192 (about 20 min)
 	$(BIN)/python scripts/bench_recipe.py $(ARGS)
 
+bench-dtype: setup ## Step time of tiny in fp32 and bf16 on this CPU, and what dtype=auto picks
+	$(BIN)/python scripts/bench_dtype.py $(ARGS)
+
 gpu-wheels: setup ## The closed set of wheels a bare GPU box (CPython 3.12, manylinux x86_64) lacks, into .whl/ (carry it)
 	rm -rf .whl
 	$(BIN)/python scripts/gpu_wheels.py build --dest .whl --python-version 3.12
 
-bench: bench-prepare bench-metrics bench-recipe ## Run the benchmarks
+bench: bench-prepare bench-metrics bench-dtype bench-recipe ## Run the benchmarks
 
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -40,7 +40,7 @@ class Config:
     data_root: str = setting("data", "where dataset names are looked up")
     out_dir: str = setting("runs", "where runs live")
     device: str = setting("auto", "where to train: auto, cpu, cuda, cuda:N or mps", "Hardware and numerics")
-    dtype: str = setting("auto", "compute dtype: auto, float32, bfloat16 or float16 (auto: bf16 if native, else fp16)")
+    dtype: str = setting("auto", "auto, float32, bfloat16 or float16; auto: bf16 where native, else GPU fp16, CPU fp32")
     compile: bool = setting(False, "torch.compile the model")
     deterministic: bool = setting(False, "bitwise repeatable GPU runs: deterministic kernels, math attention; slower")
     memory_check: bool = setting(True, "on CUDA, refuse before the first step a micro-batch that will not fit")

@@ -73,11 +73,27 @@ def native_bf16(capability: tuple[int, int]) -> bool:
     return tuple(capability) >= BF16_CAPABILITY
 
 
+def cpu_bf16() -> str:
+    """The CPU's native bf16 instructions by name, or "" when it has none."""
+    cpu = torch.cpu
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return "AMX"
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "AVX512-BF16"
+    return ""
+
+
 def pick_precision(device: torch.device, setting: str) -> Precision:
-    """auto: bf16 on GPUs that have it natively, fp16 (with a GradScaler) on older GPUs, fp32 on
-    CPU, where autocast to bf16 is slower than fp32 on most processors."""
+    """auto: bf16 on GPUs that have it natively, fp16 (with a GradScaler) on older GPUs; on a CPU
+    bf16 where the processor multiplies it natively (AVX512-BF16 or AMX: tiny's step 1.16-1.29x
+    faster here at the same val loss, README "Recipes"), else fp32, as emulated bf16 is slower."""
     if setting != "auto":
         return Precision(device, DTYPES[setting], "set by dtype")
+    if device.type == "cpu":
+        native = cpu_bf16()
+        if native:
+            return Precision(device, torch.bfloat16, f"auto: this CPU multiplies bf16 natively ({native})")
+        return Precision(device, torch.float32, "auto: this CPU has no native bf16")
     if device.type != "cuda":
         return Precision(device, torch.float32, f"auto on {device.type}")
     name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)

@@ -26,6 +26,7 @@ stream in fp32 (autocast leaves it there):
 from __future__ import annotations
 
 from job.config import Config
+from job.device import cpu_bf16
 from job.errors import ConfigError
 from job.flops import param_counts
 
@@ -36,10 +37,10 @@ ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation on top of what t
 
 def compute_bytes(cfg: Config, on_gpu: bool) -> tuple[str, int]:
     """The compute dtype and its bytes: as job.device.pick_precision (bf16 on every card in the
-    table, fp32 on a CPU)."""
+    table; on a CPU, bf16 where this one multiplies it natively, else fp32)."""
     dtype = cfg.dtype
     if dtype == "auto":
-        dtype = "bfloat16" if on_gpu else "float32"
+        dtype = "bfloat16" if on_gpu or cpu_bf16() else "float32"
     return dtype, 4 if dtype == "float32" else 2
 
 

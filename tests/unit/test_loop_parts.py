@@ -207,3 +207,23 @@ def test_a_sealed_checkpoint_with_a_pickle_payload_is_never_executed(tmp_path: P
     saved, path = checkpoint.load_latest(d)
     assert path.name == "ckpt_00000002.pt" and not marker.exists()
     assert "ckpt_00000004.pt is unreadable" in capsys.readouterr().err
+
+
+# ---- precision on a CPU -----------------------------------------------------------------------------
+
+
+def test_dtype_auto_on_a_cpu_is_bf16_exactly_where_the_processor_has_native_bf16():
+    from job.device import pick_precision
+    from job.memory import compute_bytes
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})  # the kernel's names for what torch checks
+    prec = pick_precision(torch.device("cpu"), "auto")
+    assert prec.dtype == (torch.bfloat16 if native else torch.float32), prec.why
+    assert ("natively" in prec.why) == native and not prec.needs_scaler
+    # the plan's memory model assumes the dtype the run will take
+    assert compute_bytes(Config(dtype="auto"), on_gpu=False) == (prec.name, 2 if native else 4)
+    assert pick_precision(torch.device("cpu"), "float32").dtype == torch.float32  # a setting wins
