@@ -44,7 +44,7 @@ def read_nanogpt(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ImportRefused(f"checkpoint: {path} does not exist; give the path of a nanoGPT ckpt.pt")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = checkpoint.read(path)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f"a {found.group(1)}" if found else str(e).strip().splitlines()[-1][:200]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from job.config import resolve
 from job.device import pick_precision
+from job.rundir import RunDir
 from job.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,7 @@ def seconds_per_step(dtype: str, steps: int, data: Path, out: Path) -> float:
     with contextlib.redirect_stdout(io.StringIO()):
         if train(cfg) != 0:
             raise SystemExit(f"bench: the {dtype} run failed")
-    steps_log = [r for r in map(json.loads, (cfg.run_dir / "log.jsonl").read_text().splitlines())
-                 if r["event"] == "step"]
+    steps_log = [r for r in RunDir(cfg.run_dir).records() if r["event"] == "step"]
     first, last = steps_log[0], steps_log[-1]
     return (last["elapsed_s"] - first["elapsed_s"]) / (last["iteration"] - first["iteration"])
 

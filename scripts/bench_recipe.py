@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from job import checkpoint  # noqa: E402
 from job.config import resolve  # noqa: E402
 from job.device import pick_precision  # noqa: E402
 from job.evaluate import evaluate, first_windows  # noqa: E402
@@ -85,7 +86,7 @@ def curve(run_dir: Path, val: list, prec: Any, last_only: bool = False) -> list[
     """(tokens, training seconds, val loss on `val`) at each checkpoint of a run, or its last."""
     points = []
     for path in sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1 if last_only else 0:]:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = checkpoint.read(path)
         model = build_model({**saved["config"], "loss_chunk": 0})  # plain loss: no gradient work in eval
         model.load_state_dict(saved["model"])
         points.append({"tokens": saved["tokens"], "seconds": saved["elapsed_s"],

@@ -107,9 +107,20 @@ def train_args(ctx: Ctx, name: str, shape: list[str], iters: int, *extra: str) -
 
 
 def records(run_dir: Path, event: str | None = None) -> list[dict[str, Any]]:
-    lines = (run_dir / "log.jsonl").read_text().splitlines()
-    recs = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in recs if event is None or r["event"] == event]
+    from job.rundir import RunDir
+
+    return [r for r in RunDir(run_dir).records() if event is None or r["event"] == event]
+
+
+def final_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The run's newest whole checkpoint, as a resume would take it (verified, on the CPU)."""
+    from job import checkpoint
+    from job.rundir import RunDir
+
+    found = checkpoint.load_latest(RunDir(run_dir).ckpt)
+    if found is None:
+        raise Fail(f"no whole checkpoint in {run_dir}/ckpt")
+    return found[0]
 
 
 def steady(run_dir: Path) -> dict[str, float]:
@@ -209,10 +220,7 @@ def wait_for_step(proc: subprocess.Popen, log: Path, iteration: int, timeout: fl
 
 def max_difference(a: Path, b: Path) -> float:
     """The largest absolute difference between two runs' final model tensors (0.0: bitwise)."""
-    import torch
-
-    sa, sb = (torch.load(sorted((r / "ckpt").glob("ckpt_*.pt"))[-1], map_location="cpu", weights_only=True)
-              for r in (a, b))
+    sa, sb = final_checkpoint(a), final_checkpoint(b)
     return max(float((sa["model"][k].double() - sb["model"][k].double()).abs().max()) for k in sa["model"])
 
 
@@ -307,12 +315,10 @@ def forced_rollback(ctx: Ctx) -> tuple[str, dict[str, Any]]:
 
 def fp16_scaler(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     """float16 with the GradScaler: trains, finishes finite, and checkpoints the scaler's state."""
-    import torch
-
     job(ctx, *train_args(ctx, "fp16", SMALL if ctx.quick else GPU_SMALL, 8 if ctx.quick else 40, "--dtype", "float16"))
     run_dir = ctx.work / "runs" / "fp16"
     done = json.loads((run_dir / "DONE").read_text())
-    ck = torch.load(sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1], map_location="cpu", weights_only=True)
+    ck = final_checkpoint(run_dir)
     scale = ck["scaler"].get("scale")
     if records(run_dir, "start")[0]["dtype"] != "float16" or not scale or not done["val_loss"] < 11:
         raise Fail(f"dtype {records(run_dir, 'start')[0]['dtype']}, scaler state {ck['scaler']}, "
