@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import pty
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -42,6 +48,40 @@ def run_job(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
 def start_job(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "job", *args], cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def run_in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300,
+               columns: int = 120) -> tuple[int, str]:
+    """Run `cmd` with a pseudo-terminal as its stdin, stdout and stderr, as a person's shell would
+    (TERM set, `columns` wide); its exit code and everything the terminal received."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**env, "TERM": env.get("TERM", "xterm-256color")}
+    env.pop("COLUMNS", None), env.pop("LINES", None)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    chunks, deadline = [], time.time() + timeout
+    try:
+        while True:
+            if time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise AssertionError(f"{cmd} in a terminal: no end after {timeout}s; it showed: "
+                                     f"{b''.join(chunks).decode(errors='replace')[-2000:]}")
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError as e:  # EIO: every holder of the terminal's other end has closed it
+                if e.errno != errno.EIO:
+                    raise
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
 
 
 @pytest.fixture(scope="session")
