@@ -412,8 +412,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.price_per_kwh >= 0, f"price_per_kwh: must be >= 0, got {cfg.price_per_kwh}")
     _check(cfg.dtype in ("auto", "float32", "bfloat16", "float16"),
            f"dtype: '{cfg.dtype}' is not one of auto, float32, bfloat16, float16")
-    _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
-           f"device: '{cfg.device}' is not one of auto, cpu, cuda, cuda:N, mps")
+    check_device(cfg.device)
     _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.run_name) is not None,
            f"run: '{cfg.run_name}' must be letters, digits, '.', '_' or '-' (it names a directory)")
     if cfg.max_runtime:
@@ -421,6 +420,13 @@ def validate(cfg: Config) -> None:
     if cfg.stop_at:
         parse_clock(cfg.stop_at)
     validate_scale(cfg)
+
+
+def check_device(setting: str) -> None:
+    """The device spellings every command takes (job/device.py picks the device); anything else is
+    one line naming them."""
+    _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", setting) is not None,
+           f"device: '{setting}' is not one of auto, cpu, cuda, cuda:N, mps")
 
 
 def validate_recipe(cfg: Config) -> None:

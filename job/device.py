@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from job.config import check_device
 from job.errors import ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +47,9 @@ class Precision:
 
 
 def pick_device(setting: str) -> torch.device:
+    """The device `setting` names, always with its index on CUDA: `cuda` (nanoGPT's spelling) is the
+    current GPU, `cuda:N` the Nth, `auto` the current GPU, else Apple's GPU, else the CPU."""
+    check_device(setting)
     if setting == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -56,9 +60,12 @@ def pick_device(setting: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ConfigError(f"device: '{setting}' asked for but no CUDA GPU is visible; use device=cpu or auto")
         dev = torch.device(setting)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device: '{setting}' does not exist; this machine has "
-                              f"{torch.cuda.device_count()} GPU(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        count = torch.cuda.device_count()
+        if dev.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if dev.index >= count:
+            raise ConfigError(f"device: '{setting}' does not exist; this machine has {count} GPU(s), "
+                              f"{'cuda:0' if count == 1 else f'cuda:0 to cuda:{count - 1}'}")
         return dev
     if setting == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device: 'mps' asked for but not available; use device=cpu or auto")

@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
          "--loss-chunk", "0", "--grad-accum", "1", "--peak-tflops", "1"]
 GPU_SMALL = ["--preset", "tiny", "--loss-chunk", "0", "--no-compile"]  # rows about behaviour, not speed
+# The speed rows' models, compiled in bf16 as an overnight run trains them (two micro-batches an iteration).
+GPT2_40M = ["--preset", "gpt2-40m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+GPT2_124M = ["--preset", "gpt2-124m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
 TOLERANCE = 0.15  # plan vs measured
 
 
@@ -170,7 +173,7 @@ def machine_and_matmul(ctx: Ctx) -> tuple[str, dict[str, Any]]:
 
 def compiled_40m(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     """gpt2-40m compiled, bf16, a few dozen iterations: the run later rows sample, eval and export."""
-    shape = SMALL if ctx.quick else ["--preset", "gpt2-40m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+    shape = SMALL if ctx.quick else GPT2_40M
     job(ctx, *train_args(ctx, "gpt2-40m", shape, 8 if ctx.quick else 30), limit=300)
     run_dir = ctx.work / "runs" / "gpt2-40m"
     ctx.runs["gpt2-40m"] = run_dir
@@ -190,7 +193,7 @@ def plan_vs_measured(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     allocator's peak, and the plan's measured step time against the training run's steady one."""
     if "gpt2-40m" not in ctx.steady_ms:
         raise Fail("no gpt2-40m run to compare with (its row failed)")
-    shape = SMALL if ctx.quick else ["--preset", "gpt2-40m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+    shape = SMALL if ctx.quick else GPT2_40M
     p = json.loads(job(ctx, "plan", *shape, "--gpu", "auto" if ctx.device == "cuda" else "cpu",
                        "--device", ctx.device, "--measure", "--json", limit=300).stdout)
     mem, m = p["memory"], p["measured"]
@@ -426,7 +429,7 @@ def mfu(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     if "gpt2-40m" not in ctx.runs:
         raise Fail("no gpt2-40m run (its row failed)")
     if not ctx.quick:
-        shape = ["--preset", "gpt2-124m", "--grad-accum", "2", "--dtype", "bfloat16", "--compile"]
+        shape = GPT2_124M
         job(ctx, *train_args(ctx, "gpt2-124m", shape, 20), limit=300)
         ctx.runs["gpt2-124m"] = ctx.work / "runs" / "gpt2-124m"
     parts, figs = [], {}
