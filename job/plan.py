@@ -21,7 +21,10 @@ import math
 from typing import Any
 
 from job.config import Config
-from job.data.shards import MANIFEST
+from job.data.dataset import EMBEDDED
+from job.data.epochs import epochs_warning
+from job.data.shakespeare import TRAIN_TOKENS
+from job.data.shards import MANIFEST, split_tokens
 from job.errors import ConfigError
 from job.fileio import read_json
 from job.flops import optimizer_flops_per_iter, param_counts, total_flops
@@ -67,15 +70,15 @@ def resolve_card(gpu: str, peak_override: float | None) -> tuple[Card, float | N
 
 
 def dataset_tokens_from_manifest(cfg: Config) -> tuple[float | None, str]:
-    """Training tokens of the prepared dataset, read from its manifest alone."""
+    """Training tokens of the prepared dataset, read from its manifest alone; the embedded corpus's
+    known size before it is prepared."""
     path = cfg.data_dir / MANIFEST
     manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        return None, f"no prepared dataset at {cfg.data_dir}; give --dataset-tokens"
-    tokens = manifest.get("splits", {}).get("train", {}).get("tokens")
-    if tokens is None:
-        tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
-    return float(tokens), str(path)
+    if isinstance(manifest, dict):
+        return float(split_tokens(manifest, "train")), str(path)
+    if cfg.data == EMBEDDED:
+        return float(TRAIN_TOKENS), "the embedded corpus, prepared on first use"
+    return None, f"no prepared dataset at {cfg.data_dir}; give --dataset-tokens"
 
 
 def time_row(flops_iter: float, flops_total: float, achieved: float, watts: float | None,
@@ -152,7 +155,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
                                                "bias", "batch_size", "grad_accum", "max_iters", "compile", "recipe",
                                                "optimizer")},
         "tokens": {"per_iter": cfg.tokens_per_iter, "total": tokens_total, "dataset": data_tokens,
-                   "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None},
+                   "dataset_from": data_from, "epochs": tokens_total / data_tokens if data_tokens else None,
+                   "warning": epochs_warning(cfg.run_name, tokens_total, data_tokens, cfg.data_dir)},
         "params": param_counts(cfg),
         "flops": {**fl, "per_iter": flops_iter, "total_pflop": fl["total"] / 1e15},
         "gpu": {**card.to_dict(), "peak_tflops": peak / 1e12 if peak else None, "peak_from": peak_from,
@@ -183,6 +187,7 @@ def render(p: dict[str, Any]) -> str:
         f"tokens        {t['per_iter']:,}/iter ({cfg['batch_size']} x {cfg['block_size']} x {cfg['grad_accum']}) x "
         f"{cfg['max_iters']:,} iters = {t['total']:,}",
         f"epochs        {_num(t['epochs'], '.2f')} over {_num(t['dataset'], ',.0f')} tokens ({t['dataset_from']})",
+        *([t["warning"]] if t["warning"] else []),
         f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
         f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",
         f"FLOPs/token   {f['per_token']:,.0f} = {f['formula']}",

@@ -31,6 +31,8 @@ import torch
 from job import checkpoint, dist, optim
 from job.config import LEGACY, RECIPE_KEYS, SHAPE_KEYS, Config
 from job.data.dataset import Dataset, open_dataset
+from job.data.epochs import check_epochs, epochs_warning
+from job.data.epochs import shown as epochs_shown
 from job.data.loader import TrainLoader, val_batches
 from job.device import Precision, configure, pick_device, pick_precision, seed_step, to_device
 from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
@@ -331,6 +333,11 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     return s
 
 
+def run_tokens(cfg: Config) -> int:
+    """The tokens the whole run trains on, from iteration 0 to max_iters."""
+    return cfg.tokens_per_iter * cfg.max_iters
+
+
 def compiled(model: torch.nn.Module, on: bool) -> torch.nn.Module:
     """The step's module compiled around DDP (not inside it), so that compile splits the graph at
     DDP's gradient buckets and each bucket's all-reduce overlaps the rest of the backward."""
@@ -340,6 +347,7 @@ def compiled(model: torch.nn.Module, on: bool) -> torch.nn.Module:
 def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.ndarray], Precision]:
     """This process's dataset, train batches, fixed val batches, device and precision."""
     data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
+    check_epochs(cfg.run_name, run_tokens(cfg), data.tokens("train"), data.path, cfg.max_epochs)
     loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
     val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
     device = pick_device(cfg.device)
@@ -403,8 +411,13 @@ def announce(s: Session, resumed_from: Path | None) -> None:
         s.hooks.on_start(info)
     where = f"resuming from {resumed_from.name} at iteration {st.iteration}" if resumed_from else "starting"
     on = f"{s.world.size} processes (DDP, {s.device.type})" if s.world.distributed else str(s.device)
+    train_tokens = s.data.tokens("train")
     print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {on} ({s.prec.name}, {s.prec.why}), "
-          f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations", flush=True)
+          f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations, "
+          f"{epochs_shown(run_tokens(cfg) / train_tokens)} epochs of {human_count(train_tokens)} training tokens",
+          flush=True)
+    if (warning := epochs_warning(cfg.run_name, run_tokens(cfg), train_tokens, s.data.path)) and s.world.writer:
+        print(warning, file=sys.stderr, flush=True)
     if s.device.type == "cuda" and s.peak is None and s.world.writer:
         print(f"note: no MFU: {torch.cuda.get_device_name(s.device)} is not in the card table (job plan --gpu "
               f"lists it); set peak_tflops (JOB_PEAK_TFLOPS) to its dense bf16 TFLOP/s to see MFU", flush=True)

@@ -36,7 +36,7 @@ SMALL = {
 def job_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any JOB_* of the caller's, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
-    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra})
     return env
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,8 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import read_shard
+from conftest import ROOT, job_env, read_shard
 
+from job.data.shakespeare import TRAIN_TOKENS
 from job.tokenizer import get_encoding
 
 EOT = 50256
@@ -33,8 +33,9 @@ WORDS = ("the of and to in is was for on that with as by at from it his an were 
 
 
 def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "job", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    """`python -m job ARGS` with none of the caller's JOB_* settings and metrics off unless `env` asks."""
+    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=job_env(**{"JOB_METRICS_PORT": "0", **(env or {})}))
 
 
 def make_docs(n: int, seed: int, max_words: int = 300) -> list[str]:
@@ -268,3 +269,36 @@ def test_counts_read_like_people_write_them():
     for bad in ("", "-5", "lots", "0"):
         with pytest.raises(ConfigError, match="--max-tokens: .* is not a positive count"):
             parse_count(bad, "--max-tokens")
+
+
+def test_the_embedded_corpus_size_plan_counts_on_is_what_prepare_writes(shakespeare: Path):
+    manifest = json.loads((shakespeare / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["tokens"] == TRAIN_TOKENS
+
+
+def test_train_says_its_epochs_warns_past_4_and_refuses_past_max_epochs(small_env: dict, tmp_path: Path):
+    """The start line counts the epochs; past 4 one warning line; past max_epochs (100) exit 2 before
+    any work, unless max_epochs is raised (0: no limit)."""
+    # 30 iterations x 256 tokens: a sliver of the 1.35M-token split
+    res = run_job("train", "--run", "few", env=small_env)
+    assert res.returncode == 0 and "iterations, 0.0057 epochs of 1.35M training tokens" in res.stdout, res.stdout
+    assert "warning" not in res.stderr
+    # 5.3 epochs: trains, with the one line; stopped by the time window after its first step
+    five = {**small_env, "JOB_MAX_ITERS": "28000", "JOB_MAX_RUNTIME": "1s"}
+    res = run_job("train", "--run", "five", env=five)
+    assert res.returncode == 75, res.stderr
+    assert "28,000 iterations, 5.30 epochs of 1.35M training tokens" in res.stdout
+    said = [line for line in res.stderr.splitlines() if "epochs" in line or "times" in line]
+    assert len(said) == 1 and said[0].startswith("warning: run 'five' sees its training tokens 5.30 times"), said
+    assert "job prepare --source fineweb-edu --max-tokens 7.17M" in said[0]
+    # 189 epochs: refused before anything is written
+    many = {**small_env, "JOB_MAX_ITERS": "1000000", "JOB_MAX_RUNTIME": "1s"}
+    res = run_job("train", "--run", "many", env=many)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"error: max_epochs: run 'many' sees its training tokens 189 times (256.00M tokens from the 1.35M-token train "
+        f"split of {small_env['JOB_DATA']}), more than max_epochs=100; prepare more data (job prepare --source "
+        f"fineweb-edu --max-tokens 256.00M, then train with --data fineweb-edu), lower max_iters, or set "
+        f"max_epochs=0 to train anyway"], res.stderr
+    assert not (Path(small_env["JOB_OUT_DIR"]) / "many" / "config.json").exists()
+    res = run_job("train", "--run", "many", "--max-epochs", "0", env=many)
+    assert res.returncode == 75 and "189 epochs" in res.stdout, res.stderr

@@ -187,3 +187,27 @@ def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
     # MFU = FLOPs per token x tokens per second / peak, the plan's per-token FLOPs
     per_token = plan_json(*tiny, "--gpu", "cpu", "--peak-tflops", "0.5", cwd=tmp_path)["flops"]["per_token"]
     assert s["mfu"] == pytest.approx(per_token * s["tokens_per_s"] / 0.5e12, rel=0.01)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not yet prepared"])
+def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(tmp_path, shakespeare, prepared):
+    """gpt2-40m's 10.49B tokens over Shakespeare's 1.35M: about 7,757 epochs, said before the run,
+    with the split's size and the command that prepares more; before the corpus exists too."""
+    root = shakespeare.parent if prepared else tmp_path / "data"
+    r = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: run 'gpt2-40m' sees its training tokens 7,757 times (10.49B tokens from the 1.35M-token train "
+        f"split of {root / 'shakespeare'}); past about 4 epochs repeated tokens stop paying. For more data: job "
+        f"prepare --source fineweb-edu --max-tokens 10.49B, then train with --data fineweb-edu"], r.stdout
+    p = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root), cwd=tmp_path)
+    assert p["tokens"]["epochs"] == pytest.approx(20_000 * 524_288 / 1_351_804)
+    assert p["tokens"]["warning"] == warnings[0]
+    assert not (tmp_path / "data").exists(), "plan prepared the corpus: it must only read"
+
+
+def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
+    for preset_args in (["--preset", "tiny"], ["--preset", "gpt2-40m", "--max-iters", "10"]):
+        p = plan_json(*preset_args, "--gpu", "rtx-4070", "--data-root", str(shakespeare.parent), cwd=tmp_path)
+        assert p["tokens"]["epochs"] <= 4 and p["tokens"]["warning"] is None, p["tokens"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from job.data.shakespeare import prepare_shakespeare
-from job.data.shards import MANIFEST, ShardError, check_dataset, open_shard, prepared, split_files
+from job.data.shards import MANIFEST, ShardError, check_dataset, open_shard, prepared, split_files, split_tokens
 from job.errors import ConfigError
 
 EMBEDDED = "shakespeare"
@@ -35,6 +35,9 @@ class Dataset:
 
     def files(self, split: str) -> list[Path]:
         return split_files(self.path, self.manifest, split)
+
+    def tokens(self, split: str) -> int:
+        return split_tokens(self.manifest, split)
 
     def shortest_shard(self, split: str) -> int:
         return min((s["tokens"] for s in self.manifest["shards"] if s["split"] == split), default=0)

