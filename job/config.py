@@ -11,6 +11,7 @@ directory resolve the same way for every command (train, status, sample) and for
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -247,7 +248,7 @@ def settings_table() -> str:
 def coerce(name: str, value: Any) -> Any:
     """Turn a value from TOML, the environment or a flag into the field's type, or say why not."""
     if name not in FIELD_TYPES:
-        raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(FIELD_TYPES)}")
+        raise unknown_setting(name)
     want = FIELD_TYPES[name]
     if want is float and isinstance(value, int | float) and not isinstance(value, bool):
         value = float(value)
@@ -334,7 +335,19 @@ def env_settings(environ: dict[str, str] | None = None, dotenv: Path | None | st
     return out
 
 
+def unknown_setting(name: str, where: str = "") -> ConfigError:
+    """The one line for a name that is no setting: the nearest setting's name when one is close
+    (a typo), else where the list is."""
+    near = difflib.get_close_matches(name, FIELD_TYPES, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}?" if near else "`job train --help` lists every setting"
+    if where:
+        return ConfigError(f"config: unknown setting '{name}' in {where}; {hint}")
+    return ConfigError(f"unknown setting '{name}'; {hint}")
+
+
 def toml_settings(path: str | Path | None) -> dict[str, Any]:
+    """A TOML file's settings: flat, or all under one [job] table. Both at once is an error, as is
+    any other table: one layout per file, so no setting is silently left out."""
     if not path:
         return {}
     p = Path(path)
@@ -344,10 +357,19 @@ def toml_settings(path: str | Path | None) -> dict[str, Any]:
         data = tomllib.loads(read_text(p, "config"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config: '{p}' is not valid TOML ({e})") from None
-    flat = data.get("job", data) if isinstance(data.get("job"), dict) else data
+    tables = [k for k, v in data.items() if isinstance(v, dict)]
+    top = [k for k in data if k not in tables]
+    if tables and tables != ["job"]:
+        other = next(t for t in tables if t != "job")
+        raise ConfigError(f"config: [{other}] in {p} is not a table of settings; put settings at the top level or "
+                          f"under [job]")
+    if tables and top:
+        raise ConfigError(f"config: {p} has settings both at the top level ({', '.join(top)}) and under [job]; "
+                          f"put them all under [job], or all at the top level")
+    flat = data["job"] if tables else data
     for name in flat:
         if name not in FIELD_TYPES:
-            raise ConfigError(f"config: unknown setting '{name}' in {p}; known settings: {', '.join(FIELD_TYPES)}")
+            raise unknown_setting(name, str(p))
     return dict(flat)
 
 

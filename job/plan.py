@@ -23,6 +23,7 @@ from typing import Any
 from job.config import Config
 from job.data.dataset import EMBEDDED
 from job.data.epochs import epochs_warning
+from job.data.epochs import shown as epochs_shown
 from job.data.shakespeare import TRAIN_TOKENS
 from job.data.shards import MANIFEST, split_tokens
 from job.errors import ConfigError
@@ -186,7 +187,8 @@ def render(p: dict[str, Any]) -> str:
         f"block {cfg['block_size']}, vocab {cfg['vocab_size']}, bias {cfg['bias']}",
         f"tokens        {t['per_iter']:,}/iter ({cfg['batch_size']} x {cfg['block_size']} x {cfg['grad_accum']}) x "
         f"{cfg['max_iters']:,} iters = {t['total']:,}",
-        f"epochs        {_num(t['epochs'], '.2f')} over {_num(t['dataset'], ',.0f')} tokens ({t['dataset_from']})",
+        f"epochs        {'-' if t['epochs'] is None else epochs_shown(t['epochs'])} over "
+        f"{_num(t['dataset'], ',.0f')} tokens ({t['dataset_from']})",
         *([t["warning"]] if t["warning"] else []),
         f"params        {pr['total'] / 1e6:.2f} M all, N = {pr['nanogpt'] / 1e6:.2f} M (nanoGPT: no position "
         f"embeddings), {pr['kaplan'] / 1e6:.2f} M non-embedding (Kaplan)",

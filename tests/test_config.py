@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT, job_env, run_job
 
 from job.config import PRESETS, resolve
+from job.errors import ConfigError
 
 
 def test_precedence_defaults_preset_toml_env_flags(tmp_path: Path):
@@ -84,3 +85,29 @@ def test_every_command_has_help():
     for cmd in ("prepare", "train", "status", "sample"):
         res = run_job([cmd, "--help"], cwd=ROOT, env=job_env(), timeout=60)
         assert res.returncode == 0 and "Example" in res.stdout, cmd
+
+
+@pytest.mark.parametrize("text, said", [
+    ("max_iters = 5\n[job]\nlr = 0.1\n", "config: {p} has settings both at the top level (max_iters) and under [job]; "
+                                         "put them all under [job], or all at the top level"),
+    ("[model]\nn_layer = 2\n", "config: [model] in {p} is not a table of settings; put settings at the top level "
+                               "or under [job]"),
+    ("max_iter = 5\n", "config: unknown setting 'max_iter' in {p}; did you mean max_iters?"),
+    ("[job]\nwarmup_iter = 7\n", "config: unknown setting 'warmup_iter' in {p}; did you mean warmup_iters?"),
+    ("learning_rate = 0.1\n", "config: unknown setting 'learning_rate' in {p}; `job train --help` lists every setting"),
+], ids=["top level and [job]", "another table", "typo", "typo under [job]", "no near setting"])
+def test_a_toml_setting_is_read_or_refused_never_dropped(tmp_path: Path, text: str, said: str):
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        resolve(config_file=p, environ={}, dotenv=None)
+    assert str(e.value) == said.format(p=p)
+
+
+@pytest.mark.parametrize("text", ["max_iters = 5\nlr = 0.1\n", "[job]\nmax_iters = 5\nlr = 0.1\n"],
+                         ids=["flat", "under [job]"])
+def test_a_toml_file_flat_or_under_job_reads_every_setting(tmp_path: Path, text: str):
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    cfg = resolve(config_file=p, environ={}, dotenv=None)
+    assert (cfg.max_iters, cfg.lr) == (5, 0.1)
