@@ -31,12 +31,31 @@ def bare_bin(tmp_path: Path, apt_get: bool) -> Path:
     return bin_dir
 
 
+# What `make test` reads before its tools check: the Makefile, the check, and the venv's inputs.
+MAKE_TEST_READS = ("Makefile", "scripts/test_tools.sh", "requirements.txt", "requirements-dev.txt", "pyproject.toml")
+
+
+def readable_copy(tmp_path: Path) -> Path:
+    """The files `make test` reads up to the check, copied where an unprivileged user can read them:
+    the clone itself may sit in a directory only its owner enters (mode 700, as /root and
+    `mktemp -d` are), which such a user cannot."""
+    copy = tmp_path / "clone"
+    for name in MAKE_TEST_READS:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    for path in [copy, *copy.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return copy
+
+
 def make_test(bin_dir: Path, tmp_path: Path, as_user: bool) -> subprocess.CompletedProcess:
-    """`make test` with that PATH (as an unprivileged user, if asked, when this runs as root), and a
-    venv path that does not exist, so a step past the check would show."""
+    """`make test` with that PATH (as an unprivileged user, if asked, when this runs as root, on a
+    copy that user can read), and a venv path that does not exist, so a step past the check would show."""
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    cmd = [str(bin_dir / "make"), "-C", str(ROOT), "test", f"VENV={tmp_path / 'venv'}"]
-    if as_user and os.geteuid() == 0:
+    unprivileged = as_user and os.geteuid() == 0
+    where = readable_copy(tmp_path) if unprivileged else ROOT
+    cmd = [str(bin_dir / "make"), "-C", str(where), "test", f"VENV={tmp_path / 'venv'}"]
+    if unprivileged:
         cmd = [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
