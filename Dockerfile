@@ -6,7 +6,7 @@
 #     -p 127.0.0.1:9838:9838 job:latest train --max-iters 200
 #
 # Several GPUs: -e JOB_NPROC=8 --shm-size 1g (NCCL's shared memory); `job train` then starts torchrun
-# itself, one process per GPU, inside the container (README, "Several GPUs and machines").
+# itself, one process per GPU, inside the container (docs/operations.md, "Several GPUs and machines").
 #
 # tini is the entrypoint (PID 1), so SIGTERM from `docker stop`, Kubernetes or a RunPod/vast.ai
 # template reaches Python (which checkpoints and exits 75) without `--init`, and torch.compile's
@@ -14,8 +14,8 @@
 # checkpoint: --stop-timeout 120 (or `docker stop -t 120`); docker's default of 10 s can SIGKILL
 # a 124M run mid-checkpoint (the previous checkpoint survives; up to ckpt_interval steps are lost).
 
-# The CUDA variant of the torch wheel and a base image of the same CUDA version (README, "Image
-# variants"): cu130 (default) needs driver >= 580 and runs Turing to Blackwell; cu126 runs on
+# The CUDA variant of the torch wheel and a base image of the same CUDA version (docs/gpu.md,
+# "Image variants"): cu130 (default) needs driver >= 580 and runs Turing to Blackwell; cu126 runs on
 # driver >= 525, Maxwell to Hopper (an RTX 4070 runs its sm_86 code):
 #   make docker-build CUDA=cu126
 # scripts/check_torch_cuda.py (make lint) fails when torch's pin and the variant are not a

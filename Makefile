@@ -92,9 +92,9 @@ clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './runs/*' -not -path './data/*' -exec rm -rf {} +
 
-# ---- container and cron (see the README's "Container, cron and the nightly window") ----------
+# ---- container and cron (see docs/operations.md, "The container" and "Cron") -----------------
 IMAGE    ?= job:latest
-# The image's CUDA variant (README, "Image variants"): the Dockerfile's default, or one of these.
+# The image's CUDA variant (docs/gpu.md, "Image variants"): the Dockerfile's default, or one of these.
 CUDA     ?=
 CUDA_IMAGE_cu126 := nvidia/cuda:12.6.3-base-ubuntu24.04
 CUDA_IMAGE_cu130 := nvidia/cuda:13.0.0-base-ubuntu24.04

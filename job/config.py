@@ -26,15 +26,16 @@ from job.units import parse_clock, parse_duration
 
 def setting(default: Any, help: str, group: str = "") -> Any:
     """A Config field: its default, the one phrase that says what it does (`--help` and the
-    README's table show it), and on the first field of a group the group's title; the fields
-    after it belong to that group until the next title."""
+    settings table in docs/configuration.md show it), and on the first field of a group the
+    group's title; the fields after it belong to that group until the next title."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group})
 
 
 @dataclass
 class Config:
     # One line per setting: setting(default, what it does), and on a group's first field its title.
-    # The phrase is what `job train --help` and the README's table say (tests/test_help.py checks both).
+    # The phrase is what `job train --help` and the table in docs/configuration.md say (tests/test_help.py
+    # checks both).
     run: str = setting("", "the run's name, its directory under out_dir; empty: the preset's name", "Run and files")
     preset: str = setting("tiny", "the preset that sets the model and schedule: tiny, gpt2-40m or gpt2-124m")
     data: str = setting("shakespeare", "the prepared dataset: a directory, or a name under data_root")
@@ -83,7 +84,8 @@ class Config:
     log_interval: int = setting(10, "iterations between log lines")
     ckpt_interval: int = setting(100, "iterations between checkpoints")
     keep_ckpts: int = setting(3, "checkpoints kept, at least 2")
-    metrics_port: int = setting(9838, "Prometheus metrics port (0: off; README, Ports)", "Monitoring and cost")
+    metrics_port: int = setting(9838, "Prometheus metrics port (0: off; docs/monitoring.md, Ports)",
+                                "Monitoring and cost")
     metrics_addr: str = setting("127.0.0.1", "address the metrics server listens on")
     gpu_metrics: bool = setting(True, "serve trainer_gpu_* from NVML; off where dcgm-exporter reports the cards")
     peak_tflops: float = setting(0.0, "peak TFLOP/s for MFU (0: the card's own, if known)")
@@ -140,8 +142,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 LEGACY = RECIPES["nanogpt"]
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # About 5 M parameters, most of them the tied GPT-2 embedding: reaches val loss ~5.3 on
-    # held-out plays in about 5 minutes on 2 CPU cores. Narrow and short-context on purpose: on
+    # The CPU demo: reaches val loss ~5.0 on held-out plays in about 5 minutes on 2 CPU cores
+    # (docs/recipes.md); its parameters, most of them the GPT-2 embedding and head, are in the
+    # README's presets table (presets_table below). Narrow and short-context on purpose: on
     # a CPU the 50304-way output head dominates the cost, and at this scale a narrower model
     # learns as much per token while stepping faster (measured: n_embd 64/96/128 compared).
     "tiny": dict(
@@ -149,8 +152,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_iters=800, eval_interval=200, eval_iters=20, log_interval=50, ckpt_interval=200, dtype="auto",
         loss_chunk=64, recipe="modern",
     ),
-    # The scenario's model: 40.56 M parameters (nanoGPT's count; the modern recipe's untied head
-    # adds 19.32 M more, a second 50304 x 384 matrix), 524,288 tokens/iteration.
+    # 40.56 M parameters by nanoGPT's count (tied head; the modern recipe's untied head adds
+    # 19.32 M more, a second 50304 x 384 matrix), 524,288 tokens/iteration.
     "gpt2-40m": dict(
         n_layer=12, n_head=6, n_embd=384, block_size=1024, batch_size=16, grad_accum=32,
         max_iters=20000, eval_interval=500, eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
@@ -173,13 +176,13 @@ MODERN_GPU = dict(
     # Muon on the hidden matrices: lr 0.02, momentum 0.95, weight decay 0.01, the values of the
     # KellerJordan/Muon README's usage example ("should have built-in muP scaling": no retuning per size)
     muon_lr=0.02, muon_momentum=0.95, muon_weight_decay=0.01,
-    warmup_iters=250, warmdown_frac=0.4,  # measured on tiny (README, "Recipes"); unmeasured at this scale
+    warmup_iters=250, warmdown_frac=0.4,  # measured on tiny (docs/recipes.md); unmeasured at this scale
 )
 PRESET_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "nanogpt": dict(lr=3e-3, min_lr=3e-4, warmup_iters=20),
         # AdamW 6e-3 (embeddings, untied head, norms): measured against 3e-3 and 1e-2 at 800 iterations
-        # (README, "Recipes"); Muon 0.02 beat 0.04 there
+        # (docs/recipes.md); Muon 0.02 beat 0.04 there
         "modern": dict(lr=6e-3, min_lr=0.0, warmup_iters=20, muon_lr=0.02, muon_momentum=0.95, warmdown_frac=0.4),
     },
     "gpt2-40m": {"nanogpt": NANOGPT_GPU, "modern": MODERN_GPU},
@@ -192,7 +195,7 @@ ENV_PREFIX = "JOB_"
 
 @dataclass(frozen=True)
 class SettingHelp:
-    """What `job train --help` and the README's settings table say about one setting."""
+    """What `job train --help` and the settings table (docs/configuration.md) say about one setting."""
 
     name: str
     group: str
@@ -212,29 +215,58 @@ def shown(value: Any) -> str:
     return str(value) if value != "" else '""'
 
 
-def default_shown(name: str) -> str:
-    """The value `job train` uses when nothing sets it: the default preset's (with its recipe)
-    where that differs from the built-in one."""
-    used = getattr(resolve({}, environ={}, dotenv=None), name)
+def preset_configs() -> dict[str, Config]:
+    """Each preset as `job train --preset NAME` resolves it with nothing else set (its own recipe)."""
+    return {name: resolve({"preset": name}, environ={}, dotenv=None) for name in PRESETS}
+
+
+def default_shown(name: str, presets: dict[str, Config] | None = None) -> str:
+    """The value `job train` uses when nothing but the preset sets it: the built-in default where
+    no preset changes it, "X (every preset)" where all presets set the same X, else each preset's
+    value, presets of one value together: "96 (tiny), 384 (gpt2-40m), 768 (gpt2-124m)"."""
     built_in = getattr(Config, name)
-    if used != built_in:
-        return f"{shown(used)} from preset {Config.preset}, else {shown(built_in)}"
-    return shown(built_in)
+    if name == "preset":
+        return shown(built_in)
+    by_value: dict[str, list[str]] = {}
+    for preset, cfg in (presets or preset_configs()).items():
+        by_value.setdefault(shown(getattr(cfg, name)), []).append(preset)
+    if list(by_value) == [shown(built_in)]:
+        return shown(built_in)
+    if len(by_value) == 1:
+        return f"{next(iter(by_value))} (every preset)"
+    return ", ".join(f"{value} ({', '.join(names)})" for value, names in by_value.items())
 
 
 def settings_help() -> list[SettingHelp]:
     """Every setting in Config's order, in the group whose title came last. A field without a
     phrase has an empty one here, and tests/test_help.py fails naming it."""
-    out, group = [], "Settings"
+    out, group, presets = [], "Settings", preset_configs()
     for f in fields(Config):
         group = f.metadata.get("group") or group
-        out.append(SettingHelp(f.name, group, f.metadata.get("help", ""), default_shown(f.name),
+        out.append(SettingHelp(f.name, group, f.metadata.get("help", ""), default_shown(f.name, presets),
                                ENV_PREFIX + f.name.upper()))
     return out
 
 
+def presets_table() -> str:
+    """The presets side by side, as resolved with their own recipe: shape, batch, schedule length
+    and parameters, counted as `job train` prints them (job/flops.py, no model built) and as
+    nanoGPT counts them (tied head). scripts/settings_table.py writes it into README.md."""
+    from job.flops import param_counts
+
+    rows = ["| preset | layers | heads | width | block | micro-batch x grad_accum | tokens/iteration | iterations "
+            "| tokens in all | recipe | parameters (`job train`) | nanoGPT's count (tied head) |",
+            "| --- " * 12 + "|"]
+    for name, c in preset_configs().items():
+        tied = param_counts(dataclasses.replace(c, tie_embeddings=True))["nanogpt"]
+        rows.append(f"| `{name}` | {c.n_layer} | {c.n_head} | {c.n_embd} | {c.block_size} | {c.batch_size} x "
+                    f"{c.grad_accum} | {c.tokens_per_iter:,} | {c.max_iters:,} | {c.tokens_per_iter * c.max_iters:,} "
+                    f"| {c.recipe} | {param_counts(c)['nanogpt'] / 1e6:.2f} M | {tied / 1e6:.2f} M |")
+    return "\n".join(rows) + "\n"
+
+
 def settings_table() -> str:
-    """The README's settings table (scripts/settings_table.py writes it there)."""
+    """The settings table of docs/configuration.md (scripts/settings_table.py writes it there)."""
     rows = ["| setting | default | environment | what it does |", "| --- | --- | --- | --- |"]
     group = ""
     for s in settings_help():
@@ -454,7 +486,7 @@ def check_device(setting: str) -> None:
 
 
 def validate_recipe(cfg: Config) -> None:
-    """The optimizer, schedule and model choices (README, "Recipes")."""
+    """The optimizer, schedule and model choices (docs/recipes.md)."""
     _check(cfg.recipe in RECIPES, f"recipe: '{cfg.recipe}' is not one of {', '.join(RECIPES)}")
     _check(cfg.optimizer in ("adamw", "muon"), f"optimizer: '{cfg.optimizer}' is not one of adamw, muon")
     _check(cfg.schedule in ("cosine", "wsd"), f"schedule: '{cfg.schedule}' is not one of cosine, wsd")

@@ -7,7 +7,7 @@ V100), where bf16 runs at a fraction of fp16's rate, so those cards get fp16 wit
 fp32 matmuls on CUDA use TF32 (`set_float32_matmul_precision("high")`): what autocast leaves in
 fp32 (the fused loss's weight gradient, dtype=float32 runs, sampling) would otherwise run at a
 fraction of the card's rate. `deterministic` trades speed for bitwise repeatable GPU runs: see
-README, "What is bitwise where".
+docs/gpu.md, "What is bitwise where".
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def cpu_bf16() -> str:
 def pick_precision(device: torch.device, setting: str) -> Precision:
     """auto: bf16 on GPUs that have it natively, fp16 (with a GradScaler) on older GPUs; on a CPU
     bf16 where the processor multiplies it natively (AVX512-BF16 or AMX: tiny's step 1.16-1.29x
-    faster here at the same val loss, README "Recipes"), else fp32, as emulated bf16 is slower."""
+    faster here at the same val loss, docs/gpu.md, "`dtype=auto` on a CPU"), else fp32, as emulated bf16 is slower."""
     if setting != "auto":
         return Precision(device, DTYPES[setting], "set by dtype")
     if device.type == "cpu":

@@ -35,7 +35,7 @@ from job.rundir import RunDir
 
 # How long torchrun's agent waits, after passing a SIGTERM on, for the workers to finish their
 # step and write the checkpoint before it kills them (its own default is 30 s). Inside docker's
-# --stop-timeout 120 (README), so the agent, not docker, has the last word.
+# --stop-timeout 120 (docs/operations.md, "The container"), so the agent, not docker, has the last word.
 SHUTDOWN_GRACE_S = 110
 SEVERITY = (EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_DONE)  # when endings disagree, the first wins
 

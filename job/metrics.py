@@ -1,6 +1,7 @@
-"""Live metrics for Prometheus while `job train` runs (names: ../shared/design.md, `trainer_` prefix,
-base units). Training figures are set from the loop's hooks every step; GPU figures are read from
-NVML by a collector when Prometheus scrapes, so they cost the training loop nothing.
+"""Live metrics for Prometheus while `job train` runs (names: `trainer_` prefix, base units;
+docs/monitoring.md says what they show). Training figures are set from the loop's hooks every
+step; GPU figures are read from NVML by a collector when Prometheus scrapes, so they cost the
+training loop nothing.
 
 The run's totals (iteration, tokens, seconds, joules, restarts) come from the loop's state, which
 the checkpoint restores: they are right after a restart even if Prometheus missed the night.

@@ -2,7 +2,7 @@
 and in bf16 autocast, short runs of the real loop taken in turn, --rounds times, so that the
 machine's drift falls on both. Each run's time is its own log's clock from its first step (which
 carries the warm-up, left out) to its last. Prints figures and what auto picks here; asserts
-nothing. Val loss at 800 iterations in each dtype is in README "Recipes" (one run each).
+nothing. Val loss at 800 iterations in each dtype is in docs/gpu.md, "`dtype=auto` on a CPU" (one run each).
 
     python scripts/bench_dtype.py [--steps 40] [--rounds 2]     (make bench-dtype)
 """

@@ -22,7 +22,7 @@ recorded in SWEEP below (this script runs no sweep); the larger shape uses tiny'
 `--quick` (the test suite's) trains one seed for a few iterations.
 
     .venv/bin/python scripts/bench_recipe.py [--quick] [--iters 100] [--share 0.5] [--seeds 3] [--out FILE]
-    .venv/bin/python scripts/bench_recipe.py --iters 800 --curve-tokens 16384   # README's table: 95 min
+    .venv/bin/python scripts/bench_recipe.py --iters 800 --curve-tokens 16384   # docs/benchmarks.md's table: 95 min
 """
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ from job.train import train  # noqa: E402
 RECIPES = {"nanogpt": {"recipe": "nanogpt", "dtype": "float32"}, "modern": {"recipe": "modern", "dtype": "auto"}}
 SHAPES = {"tiny": {}, "6x192": {"n_layer": 6, "n_head": 6, "n_embd": 192}}
 CHECKPOINTS = 6
-# Where the learning rates come from (no sweep of muon_lr was finished here: see README "Recipes")
+# Where the learning rates come from (no sweep of muon_lr was finished here: see docs/recipes.md)
 SWEEP = {
     "nanogpt": "lr 3e-3: tiny's preset, tuned before recipes existed",
     "modern": "AdamW lr 6e-3 (a sweep of 800-iteration tiny runs, seed 1337, whole val split: AdamW 3e-3 / 6e-3 "
-              "/ 1e-2 at Muon 0.02, and Muon 0.04 at AdamW 3e-3; README, Recipes); Muon lr 0.02, momentum 0.95: "
+              "/ 1e-2 at Muon 0.02, and Muon 0.04 at AdamW 3e-3; docs/recipes.md); Muon lr 0.02, momentum 0.95: "
               "the KellerJordan/Muon README's defaults",
 }
 

@@ -1,7 +1,12 @@
-"""Write the README's settings table from job/config.py, the one place each setting is described.
+"""Write the generated tables of the docs from job/config.py, the one place settings and presets
+are described:
 
-The table sits between the two marker lines below; tests/test_help.py fails when it is stale, so
-`job train --help` and the README never say different things.
+  the settings table   -> docs/configuration.md  (job.config.settings_table)
+  the presets table    -> README.md              (job.config.presets_table)
+
+Each table sits between its two marker lines below. tests/test_help.py and tests/test_docs.py fail
+when one is stale, so `job train --help`, the docs and the code never say different things.
+Run it after changing a setting or a preset:  .venv/bin/python scripts/settings_table.py
 """
 
 from __future__ import annotations
@@ -12,21 +17,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job.config import settings_table  # noqa: E402
+from job.config import presets_table, settings_table  # noqa: E402
 
-BEGIN = "<!-- settings table: written by scripts/settings_table.py from job/config.py -->"
-END = "<!-- end of settings table -->"
+SETTINGS = ("docs/configuration.md",
+            "<!-- settings table: written by scripts/settings_table.py from job/config.py -->",
+            "<!-- end of settings table -->")
+PRESETS = ("README.md",
+           "<!-- presets table: written by scripts/settings_table.py from job/config.py -->",
+           "<!-- end of presets table -->")
 
 
-def with_table(readme: str) -> str:
-    """The README's text with the table between the markers replaced by the current one."""
-    head, begin, rest = readme.partition(BEGIN)
-    _, end, tail = rest.partition(END)
-    if not begin or not end:
-        raise SystemExit(f"error: README.md lacks the marker lines {BEGIN!r} and {END!r}; put them back")
-    return f"{head}{BEGIN}\n{settings_table()}{END}{tail}"
+def with_table(text: str, begin: str, end: str, table: str, name: str = "the file") -> str:
+    """The text with what lies between the marker lines replaced by `table`."""
+    head, found_begin, rest = text.partition(begin)
+    _, found_end, tail = rest.partition(end)
+    if not found_begin or not found_end:
+        raise SystemExit(f"error: {name} lacks the marker lines {begin!r} and {end!r}; put them back")
+    return f"{head}{begin}\n{table}{end}{tail}"
+
+
+def tables() -> list[tuple[str, str, str, str]]:
+    """(file, begin marker, end marker, table) for every generated table."""
+    return [(*SETTINGS, settings_table()), (*PRESETS, presets_table())]
 
 
 if __name__ == "__main__":
-    path = ROOT / "README.md"
-    path.write_text(with_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    for rel, begin, end, table in tables():
+        path = ROOT / rel
+        path.write_text(with_table(path.read_text(encoding="utf-8"), begin, end, table, rel), encoding="utf-8")
+        print(f"wrote {rel}")

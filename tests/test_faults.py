@@ -1,4 +1,4 @@
-"""What survives what: each fault of the README's table driven through the real command line
+"""What survives what: each fault of the table in docs/operations.md driven through the real command line
 (real processes, real signals, a real file-size limit), then the state checked on disk: every
 checkpoint loads with weights_only=True and is finite, the newest good one survives, and a plain
 restart after the cause is gone resumes and finishes.

@@ -12,7 +12,8 @@ import typer
 from conftest import ROOT, job_env, run_job
 
 from job.cli import app
-from job.config import PRESETS, Config, settings_help, settings_table
+from job.config import PRESETS, Config, resolve, settings_help, settings_table
+from job.config import shown as shown_value
 
 COMMANDS = [info.name or info.callback.__name__ for info in app.registered_commands]
 
@@ -45,10 +46,30 @@ def test_every_setting_has_one_short_phrase_and_a_group():
     assert all(name in preset.phrase for name in PRESETS), f"preset's phrase must name every preset: {list(PRESETS)}"
 
 
-def test_readme_settings_table_is_the_one_config_writes():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert settings_table() in readme, ("README.md's settings table is stale; run "
-                                        ".venv/bin/python scripts/settings_table.py")
+def test_configuration_doc_settings_table_is_the_one_config_writes():
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_table() in doc, ("docs/configuration.md's settings table is stale; run "
+                                     ".venv/bin/python scripts/settings_table.py")
+
+
+def test_a_default_names_the_value_of_every_preset():
+    presets = {p: resolve({"preset": p}, environ={}, dotenv=None) for p in PRESETS}
+    shown = {s.name: s.default for s in settings_help()}
+    assert shown["n_embd"] == "96 (tiny), 384 (gpt2-40m), 768 (gpt2-124m)"
+    assert shown["recipe"] == "modern (every preset)" and shown["preset"] == "tiny"
+    for name, default in shown.items():
+        if name == "preset":
+            continue
+        values = {p: shown_value(getattr(cfg, name)) for p, cfg in presets.items()}
+        pairs = re.findall(r"(\S+?) \(([^)]+)\)(?:, |$)", default)
+        if not pairs:  # no preset sets it: the built-in default, which every preset keeps
+            assert set(values.values()) == {default} == {shown_value(getattr(Config, name))}, name
+        elif pairs[0][1] == "every preset":
+            assert set(values.values()) == {pairs[0][0]} and default.endswith("(every preset)"), name
+        else:
+            said = {p: value for value, names in pairs for p in names.split(", ")}
+            assert said == values, f"{name}: --help says {default!r}, the presets resolve to {values}"
+        assert len(default) <= 60 and "from preset" not in default, f"{name}: {default!r}"
 
 
 @pytest.mark.parametrize("command", ["train", "plan"])
