@@ -56,7 +56,10 @@ lint: setup ## ruff over the code, hadolint over the Dockerfile, the image's tor
 	$(BIN)/python scripts/check_torch_cuda.py
 
 COMPOSE = docker compose -f grafana/compose.yml
-need_docker = @command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin (and the NVIDIA container toolkit for the trainer)" >&2; exit 2; }
+# Docker, and its compose plugin: without the plugin, docker reads `compose -f` as flags of its own
+# ("unknown shorthand flag: 'f'"), so say what is missing first, in one line, and exit 2.
+need_docker = @command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin (and the NVIDIA container toolkit for the trainer)" >&2; exit 2; }; \
+	docker compose version >/dev/null 2>&1 || { echo "error: docker has no compose plugin ('docker compose version' fails); install it: sudo apt-get install docker-compose-plugin (from Docker's apt repository; docs.docker.com/compose/install/linux)" >&2; exit 2; }
 
 monitor: ## Prometheus + Grafana (host network, 127.0.0.1) for whatever trains here; dashboard on :3000
 	$(need_docker)
@@ -71,6 +74,7 @@ monitor-trainer: ## The same, plus the trainer in a container on all GPUs (compo
 	HOST_UID=$$(id -u) HOST_GID=$$(id -g) HF_CACHE=$(HF_CACHE) $(COMPOSE) --profile trainer up -d --build
 
 monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and Grafana data volumes)
+	$(need_docker)
 	$(COMPOSE) --profile trainer down
 
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference

@@ -43,6 +43,8 @@ class StepInfo:
     checkpoint_s: float | None = None  # set on checkpoint steps
     predicted_energy_j: float | None = None  # run total at max_iters, from job.flops.forecast
     skipped: bool = False  # the update was skipped: the loss or the gradient was not finite
+    smoothed_step_s: float | None = None  # the step time the ETA uses (an average that forgets the first steps)
+    planned_stop_at: float | None = None  # Unix time of the time window's end (max_runtime, stop_at); None: none
 
 
 @dataclass

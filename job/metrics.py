@@ -12,6 +12,11 @@ Under torchrun (job/dist.py) one endpoint per machine: its local rank 0 serves, 
 the GPU figures of every GPU the job uses on that machine (8 cards: 8 `gpu` values), and on rank
 0's machine the training series too, which are the whole job's (tokens, MFU, energy). Prometheus
 scrapes each machine once (grafana/prometheus.yml).
+
+A figure that is not known is absent from the scrape, never a 0 that reads as a measurement: MFU
+without a peak FLOP/s, the checkpoint interval before the first step's time, a planned stop that
+is not set (`OptionalGauge`). What the alerts read after the process is gone (grafana/alerts.yml)
+is published while it runs: the planned stop time and the expected seconds between checkpoints.
 """
 
 from __future__ import annotations
@@ -64,8 +69,33 @@ REASONS = {
 }
 
 
+JOULES_PER_KWH = 3.6e6
+
+
 def log(message: str) -> None:
     print(f"metrics: {message}", file=sys.stderr, flush=True)
+
+
+class OptionalGauge:
+    """A gauge with no labels that is served only while it holds a value: None means unknown, and
+    an unknown figure is left out of the scrape (a prometheus_client Gauge that was never set
+    reads 0). Setting a float is atomic, so the scrape thread needs no lock."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self.value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float | None) -> None:
+        self.value = value
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation)]  # the name, reserved in the registry
+
+    def collect(self) -> Iterator[Metric]:
+        value = self.value
+        if value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=value)
 
 
 class TrainingMetrics:
@@ -86,8 +116,8 @@ class TrainingMetrics:
                           ["split"], registry=r)
         self.lr = Gauge("trainer_learning_rate", "Learning rate of the last step", registry=r)
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient L2 norm before clipping, last step", registry=r)
-        self.mfu = Gauge("trainer_mfu_ratio", "Model FLOPs utilisation of the last step (0-1), vs the peak in "
-                         "trainer_info", registry=r)
+        self.mfu = OptionalGauge("trainer_mfu_ratio", "Model FLOPs utilisation of the last step (0-1), vs the peak "
+                                 "in trainer_info; absent where no peak is known", r)
         self.step = Histogram("trainer_step_seconds", "Wall time of one optimizer step", buckets=STEP_BUCKETS,
                               registry=r)
         self.start = Gauge("trainer_start_timestamp_seconds", "When this process started training (Unix time)",
@@ -98,6 +128,14 @@ class TrainingMetrics:
                                "written (Unix time)", registry=r)
         self.ckpt = Histogram("trainer_checkpoint_seconds", "Wall time to write one checkpoint", buckets=CKPT_BUCKETS,
                               registry=r)
+        self.ckpt_interval = OptionalGauge(
+            "trainer_checkpoint_interval_seconds", "Expected wall time between checkpoints: ckpt_interval "
+            "iterations at the smoothed step time (evaluations and the write itself not included)", r)
+        self.planned_stop = OptionalGauge(
+            "trainer_planned_stop_timestamp_seconds", "When this process stops on purpose, checkpointed, with "
+            "exit 75 (max_runtime, stop_at; Unix time); absent when neither is set", r)
+        self.price = Gauge("trainer_energy_price_per_joule", "Electricity price per joule (price_per_kwh / 3.6e6), "
+                           "in the label's currency", ["currency"], registry=r)
         self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
         self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
                                "the gradient was not finite", registry=r)
@@ -118,6 +156,7 @@ class TrainingMetrics:
         self.info.info({label: "" if v is None else str(v) for label, v in values.items()})
         self.start.set(time.time())
         self.target.set(info.max_iters)
+        self.price.labels(self.cfg.currency).set(self.cfg.price_per_kwh / JOULES_PER_KWH)
         self.set_totals(info.state)
         if info.checkpoint_saved_at is not None:  # the checkpoint this start resumed from
             self.last_ckpt.set(info.checkpoint_saved_at)
@@ -146,6 +185,9 @@ class TrainingMetrics:
         self.grad_norm.set(i.grad_norm)
         if i.mfu is not None:
             self.mfu.set(i.mfu)
+        if i.smoothed_step_s is not None:
+            self.ckpt_interval.set(self.cfg.ckpt_interval * i.smoothed_step_s)
+        self.planned_stop.set(i.planned_stop_at)
         self.step.observe(i.step_s)
         self.eta.set(now + (i.eta_s if math.isfinite(i.eta_s) else 0.0))
         if i.checkpoint_s is not None:

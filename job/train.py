@@ -438,6 +438,7 @@ def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
         iteration=st.iteration, max_iters=cfg.max_iters, train_loss=step.loss, lr=lr, grad_norm=step.grad_norm,
         step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / (s.peak * gpus) if s.peak else None,
         eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=step.skipped,
+        smoothed_step_s=s.ema_step_s, planned_stop_at=s.limit[0] if s.limit else None,
     )
 
 

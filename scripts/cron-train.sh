@@ -9,7 +9,8 @@
 # repository); the real environment wins, as it does for the job itself:
 #   JOB_RUN, JOB_PRESET, JOB_OUT_DIR, JOB_DATA_ROOT, JOB_METRICS_PORT   the job's own settings
 #   JOB_NPROC (and JOB_NNODES, JOB_RDZV_ENDPOINT)   several GPUs: the job starts torchrun itself
-#   JOB_LAUNCHER=local|docker   local: the venv's python; docker: the image, with --gpus all
+#   JOB_LAUNCHER=local|docker   local: the venv's python; docker: the image, with --gpus all (no
+#                               --init: the image's entrypoint is tini, a second init only warns)
 #   JOB_PYTHON                  local python (default .venv/bin/python of the repository)
 #   JOB_IMAGE                   docker image (default job:latest)
 #   JOB_MAX_FAILURES            stop restarting after this many failures in a row that made no
@@ -123,7 +124,7 @@ case $launcher in
     hf_cache=${HF_HOME:-$HOME/.cache/huggingface}
     mkdir -p "$data_root" "$out_dir" "$hf_cache"   # else docker creates them owned by root
     # --shm-size: NCCL's shared memory between the processes of JOB_NPROC > 1 (docker gives 64 MB)
-    cmd=(docker run --rm --init --gpus "${JOB_GPUS:-all}" --shm-size 1g --name "job-$run" --stop-timeout 120
+    cmd=(docker run --rm --gpus "${JOB_GPUS:-all}" --shm-size 1g --name "job-$run" --stop-timeout 120
          -v "$(cd "$data_root" && pwd):/app/data" -v "$(cd "$out_dir" && pwd):/app/runs"
          -v "$hf_cache:/home/job/.cache/huggingface" -v /etc/localtime:/etc/localtime:ro)
     [[ -f $env_file ]] && cmd+=(--env-file "$env_file")

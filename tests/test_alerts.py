@@ -29,6 +29,14 @@ CASES = [
                            (f"trainer_target_iterations{{{LABELS}}}", "100x10")], 25, True),
     ("TrainerNotScraped", [(f"up{{{LABELS}}}", "1x10 0x20"), (f"trainer_iteration{{{LABELS}}}", "90+1x10"),
                            (f"trainer_target_iterations{{{LABELS}}}", "100x10")], 25, False),  # it finished
+    # a planned stop (max_runtime, stop_at) at minute 10: gone at 11 on purpose, quiet
+    ("TrainerNotScraped", [(f"up{{{LABELS}}}", "1x10 0x20"), (f"trainer_iteration{{{LABELS}}}", "1+1x10"),
+                           (f"trainer_target_iterations{{{LABELS}}}", "100x10"),
+                           (f"trainer_planned_stop_timestamp_seconds{{{LABELS}}}", "600x10")], 25, False),
+    # a crash with a planned stop still two hours ahead: fires
+    ("TrainerNotScraped", [(f"up{{{LABELS}}}", "1x10 0x20"), (f"trainer_iteration{{{LABELS}}}", "1+1x10"),
+                           (f"trainer_target_iterations{{{LABELS}}}", "100x10"),
+                           (f"trainer_planned_stop_timestamp_seconds{{{LABELS}}}", "7800x10")], 25, True),
     ("TrainerLossNotFinite", [(f'trainer_loss{{{LABELS}, split="train"}}', "3.2x5 " + "NaN " * 10)], 12, True),
     ("TrainerLossNotFinite", [(f'trainer_loss{{{LABELS}, split="train"}}', "3.2x5 NaN 3.1x10")], 12, False),
     ("TrainerSkippedStepsRising", [(f"trainer_skipped_steps_total{{{LABELS}}}", "0x5 1+1x10")], 14, True),
@@ -37,14 +45,37 @@ CASES = [
                        f'reason="hw_thermal_slowdown"}}', "0x5 1x30")], 30, True),
     ("GpuThrottled", [(f'trainer_gpu_clock_event_reason_active{{{LABELS}, gpu="0", uuid="GPU-1", '
                        f'reason="sw_power_cap"}}', "0x5 1x30")], 30, False),  # the power cap: by design
+    # a fast run (checkpoint interval 10 min): the newest checkpoint 79 minutes old fires
     ("TrainerCheckpointOld", [(f"trainer_last_checkpoint_timestamp_seconds{{{LABELS}}}", "60x100"),
+                              (f"trainer_checkpoint_interval_seconds{{{LABELS}}}", "600x100"),
                               (f"trainer_start_timestamp_seconds{{{LABELS}}}", "0x100"),
                               (f"trainer_iteration{{{LABELS}}}", "1+1x100"),
                               (f"trainer_target_iterations{{{LABELS}}}", "1000x100")], 80, True),
     ("TrainerCheckpointOld", [(f"trainer_last_checkpoint_timestamp_seconds{{{LABELS}}}", "0+60x100"),
+                              (f"trainer_checkpoint_interval_seconds{{{LABELS}}}", "600x100"),
                               (f"trainer_start_timestamp_seconds{{{LABELS}}}", "0x100"),
                               (f"trainer_iteration{{{LABELS}}}", "1+1x100"),
                               (f"trainer_target_iterations{{{LABELS}}}", "1000x100")], 80, False),
+    # gpt2-40m on an RTX 4070: 500 iterations at 8.4 s = 70 min between checkpoints, each one
+    # 75 min after the last; just before the fifth, the newest is 74 min old: quiet
+    ("TrainerCheckpointOld", [(f"trainer_last_checkpoint_timestamp_seconds{{{LABELS}}}",
+                               "0x74 4500x74 9000x74 13500x74"),
+                              (f"trainer_checkpoint_interval_seconds{{{LABELS}}}", "4200x299"),
+                              (f"trainer_start_timestamp_seconds{{{LABELS}}}", "0x299"),
+                              (f"trainer_iteration{{{LABELS}}}", "0+7x299"),
+                              (f"trainer_target_iterations{{{LABELS}}}", "20000x299")], 299, False),
+    # the same run whose newest checkpoint (minute 70) is three intervals old: fires
+    ("TrainerCheckpointOld", [(f"trainer_last_checkpoint_timestamp_seconds{{{LABELS}}}", "0x69 4200x230"),
+                              (f"trainer_checkpoint_interval_seconds{{{LABELS}}}", "4200x299"),
+                              (f"trainer_start_timestamp_seconds{{{LABELS}}}", "0x299"),
+                              (f"trainer_iteration{{{LABELS}}}", "0+7x299"),
+                              (f"trainer_target_iterations{{{LABELS}}}", "20000x299")], 280, True),
+    # resumed at minute 60 from last night's checkpoint: counted from the start, quiet
+    ("TrainerCheckpointOld", [(f"trainer_last_checkpoint_timestamp_seconds{{{LABELS}}}", "-50000x200"),
+                              (f"trainer_checkpoint_interval_seconds{{{LABELS}}}", "4200x200"),
+                              (f"trainer_start_timestamp_seconds{{{LABELS}}}", "3600x200"),
+                              (f"trainer_iteration{{{LABELS}}}", "5000+7x200"),
+                              (f"trainer_target_iterations{{{LABELS}}}", "20000x200")], 200, False),
 ]
 
 

@@ -30,13 +30,14 @@ TOKENS_PER_ITER = 4 * 32
 # their queries must run without error but may return nothing.
 GPU_ONLY_PANELS = {
     "GPU memory (NVML)", "Torch memory", "Power draw", "Average power from energy", "Temperature", "SM clock",
-    "Utilisation", "Throttle reasons", "Energy so far", "Cost so far", "Projected cost at finish",
-    "Energy per token", "Energy over time",
+    "Utilisation", "Throttle reasons", "Energy so far", "Cost so far ($currency)",
+    "Projected cost at finish ($currency)", "Energy per token", "Energy over time",
 }
 # A small model and short intervals: many steps, an eval and a checkpoint within seconds on a CPU.
 TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
                "--eval-interval", "20", "--eval-iters", "2", "--log-interval", "1000", "--ckpt-interval", "25",
-               "--warmup-iters", "10", "--peak-tflops", "1"]
+               "--warmup-iters", "10", "--peak-tflops", "1", "--max-runtime", "1h", "--price-per-kwh", "0.25",
+               "--currency", "EUR"]
 
 
 def binary(name: str) -> str:
@@ -186,6 +187,13 @@ def test_prometheus_scrapes_a_real_run(live):
     assert live.value(f"trainer_step_seconds_count{sel}") >= 40
     assert live.value(f"trainer_checkpoint_seconds_count{sel}") >= 1
     assert 0 < live.value(f"trainer_mfu_ratio{sel}") < 1
+    # what the alerts read after the process is gone: the window's end, the checkpoint interval
+    start = live.value(f"trainer_start_timestamp_seconds{sel}")
+    assert 3600 <= live.value(f"trainer_planned_stop_timestamp_seconds{sel}") - start < 3660
+    step = live.value(f"trainer_step_seconds_sum{sel} / trainer_step_seconds_count{sel}")
+    assert 0.1 < live.value(f"trainer_checkpoint_interval_seconds{sel}") / (25 * step) < 10  # --ckpt-interval 25
+    # the job's own price and currency, per joule: the dashboard's cost needs nothing else
+    assert live.value('trainer_energy_price_per_joule{currency="EUR",job="trainer"}') * 3.6e6 == pytest.approx(0.25)
     info = live.query(f"trainer_info{sel}")[0]["metric"]
     assert info["run"] == "live" and info["device"] == "cpu" and int(info["params"]) > 0, info
     # no GPU here: the device series are absent, not zero
@@ -213,7 +221,7 @@ def grafana_regex(value: str) -> str:
 
 def substitute(expr: str, live: Live) -> str:
     values = {"__rate_interval": RATE_INTERVAL, "__interval": f"{SCRAPE_S}s", "__range": "1m",
-              "job": "trainer", "instance": grafana_regex(live.instance), "gpu": ".+", "price_per_kwh": "0.17"}
+              "job": "trainer", "instance": grafana_regex(live.instance), "gpu": ".+"}
     for name, value in values.items():
         expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
     assert "$" not in expr, f"unsubstituted variable left in {expr}"
@@ -231,6 +239,76 @@ def test_every_dashboard_query_runs(live):
             if not result and p["title"] not in GPU_ONLY_PANELS:
                 empty.append(f"{p['title']}: {t['expr']}")
     assert not empty, "training queries returned no data:\n" + "\n".join(empty)
+
+
+def test_every_dashboard_variable_query_finds_its_values(live):
+    """label_values(selector, label), as Grafana runs it: the values of `label` on the selector's
+    series. The currency comes from the job's own setting (EUR in this run)."""
+    found = {}
+    for v in dashboard()["templating"]["list"]:
+        if v["type"] == "query":
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", v["query"]["query"])
+            rows = live.query(f"group by ({m.group(2)}) ({substitute(m.group(1), live)})")
+            found[v["name"]] = sorted(r["metric"][m.group(2)] for r in rows)
+    assert found["job"] == ["trainer"] and found["instance"] == [live.instance], found
+    assert found["currency"] == ["EUR"], found
+    assert found["gpu"] == []  # no GPU here
+
+
+def test_the_cost_panels_price_the_energy_in_the_jobs_currency(tmp_path: Path):
+    """The cost panels' queries, on the series a GPU run serves (energy, iteration, target) and
+    the job's price, checked by promtool. Numbers exact in binary, as promtool compares exactly:
+    2^20 J at 2^-20 EUR/J is 1 EUR, and 2 EUR at max_iters from half the run."""
+    sel = 'job="trainer", instance="gpu-box:9838"'
+    series = {f"trainer_run_energy_joules{{{sel}}}": str(2**20), f"trainer_iteration{{{sel}}}": "512",
+              f"trainer_target_iterations{{{sel}}}": "1024",
+              f'trainer_energy_price_per_joule{{{sel}, currency="EUR"}}': str(2**-20)}
+    wanted = {"Cost so far ($currency)": 1.0, "Projected cost at finish ($currency)": 2.0,
+              "Electricity price ($currency per kWh)": 3.6e6 * 2**-20}
+    panels = {p["title"]: p for p in data_panels(dashboard())}
+    fill = {'=~"$job"': '=~"trainer"', '=~"$instance"': '=~".+"'}
+    inputs = "".join(f"      - series: '{k}'\n        values: '{v}x5'\n" for k, v in series.items())
+    tests = ""
+    for title, value in wanted.items():
+        expr = panels[title]["targets"][0]["expr"]
+        for variable, given in fill.items():
+            expr = expr.replace(variable, given)
+        tests += (f"      - expr: '{expr}'\n        eval_time: 2m\n        exp_samples:\n"
+                  f"          - labels: '{{{sel}, currency=\"EUR\"}}'\n            value: {value}\n")
+    spec = tmp_path / "cost.yml"
+    spec.write_text(f"tests:\n  - interval: 1m\n    input_series:\n{inputs}    promql_expr_test:\n{tests}")
+    res = subprocess.run([binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr + spec.read_text()
+
+
+def test_unknown_figures_are_absent_until_known():
+    """MFU without a peak FLOP/s, the checkpoint interval before a step is timed, a planned stop
+    that is not set: left out of the scrape, never a 0 that reads as a measurement."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from job.config import resolve
+    from job.hooks import StartInfo, StepInfo
+    from job.metrics import TrainingMetrics
+    from job.state import TrainState
+
+    registry = CollectorRegistry(auto_describe=True)
+    cfg = resolve({"preset": "tiny", "ckpt_interval": 200, "price_per_kwh": 0.3, "currency": "GBP"}, dotenv=None)
+    m = TrainingMetrics(registry, cfg)
+    st = TrainState(iteration=1)
+    m.on_start(StartInfo(run="r", preset="tiny", params=1, device="cpu", dtype="float32", gpu=None, peak_flops=0.0,
+                         flops_per_token=1.0, max_iters=10, state=st))
+    step = dict(iteration=1, max_iters=10, train_loss=3.0, lr=1e-3, grad_norm=1.0, step_s=0.5, tokens_per_s=1.0,
+                eta_s=5.0, state=st)
+    m.on_step(StepInfo(**step, mfu=None))
+    scrape = parse_scrape(generate_latest(registry).decode())
+    unknown = ("trainer_mfu_ratio", "trainer_checkpoint_interval_seconds", "trainer_planned_stop_timestamp_seconds")
+    assert not [k for k in scrape if k.startswith(unknown)], scrape
+    assert scrape['trainer_energy_price_per_joule{currency="GBP"}'] * 3.6e6 == pytest.approx(0.3)
+    m.on_step(StepInfo(**step, mfu=0.0, smoothed_step_s=0.25, planned_stop_at=1.8e9))
+    scrape = parse_scrape(generate_latest(registry).decode())
+    assert scrape["trainer_mfu_ratio"] == 0.0  # a real 0 is served once known
+    assert scrape["trainer_checkpoint_interval_seconds"] == 200 * 0.25
+    assert scrape["trainer_planned_stop_timestamp_seconds"] == 1.8e9
 
 
 def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
@@ -331,9 +409,14 @@ def test_dashboard_follows_dashboard_linter_rules():
         v = variables[name]
         assert v["type"] == "query" and v["datasource"]["uid"] in ("$datasource", "${datasource}"), v
         assert v["label"] == name.title() and v["multi"] and v["allValue"] == ".+", v
-    price = variables["price_per_kwh"]
-    assert price["query"] == "0.17" and re.search(r"\((USD|EUR|GBP|[A-Z]{3})\)", price["label"]), price
     problems = []
+    currency = variables["currency"]  # the job's currency setting, named in the cost panels' titles
+    assert currency["type"] == "query" and currency["hide"] == 2 and "trainer_energy_price_per_joule" in \
+        currency["query"]["query"], currency
+    assert "price_per_kwh" not in variables and "$price_per_kwh" not in text, "the price comes from the job"
+    for p in data_panels(dash):
+        if "cost" in p["title"].lower() and "$currency" not in p["title"]:
+            problems.append(f"panel '{p['title']}': a cost without its currency")
     for p in data_panels(dash):
         where = f"panel '{p.get('title')}'"
         if not p.get("title") or not p.get("description"):

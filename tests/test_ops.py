@@ -2,7 +2,9 @@
 kills, the crash-loop guard, and the job's own time window (max_runtime, stop_at).
 
 Docker itself is not run here (no engine); what can be checked without one is: hadolint, every
-path the image copies, the build context, and the image's ENTRYPOINT + CMD run as a real command.
+path the image copies, the build context, the image's ENTRYPOINT + CMD and the compose trainer's
+entrypoint + command run as real commands under a real tini, and the make targets against a
+stand-in `docker`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
 from conftest import final_state, job_env, read_log
 
 from job.config import Config, coerce
@@ -136,6 +139,22 @@ def image_command(*args: str) -> list[str]:
     return [tini, "--", sys.executable, *cmd[3:]]
 
 
+def compose_trainer_command(*args: str) -> list[str]:
+    """The compose trainer's entrypoint + command (or + args) as this machine runs it: the same
+    tini with the same options in front, this interpreter for the image's python."""
+    trainer = yaml.safe_load((ROOT / "grafana" / "compose.yml").read_text())["services"]["trainer"]
+    entry = trainer["entrypoint"]
+    at = entry.index("python")
+    assert entry[0] == "/usr/bin/tini" and entry[at - 1] == "--" and entry[at:] == exec_form("ENTRYPOINT")[2:], entry
+    tini = shutil.which("tini")
+    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
+    return [tini, *entry[1:at], sys.executable, *entry[at + 1:], *(list(args) or trainer["command"])]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 # ---- fixtures -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -201,6 +220,44 @@ def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Pa
     assert proc.returncode == 75, err
     stop = [e for e in read_log(run_dir) if e["event"] == "stop"][-1]
     assert sealed_iterations(run_dir)[-1] == stop["iteration"]
+
+
+# ---- the compose trainer: which endings docker's restart policy sees ----------------------------
+
+def test_compose_trainer_turns_bad_settings_into_an_ending_docker_does_not_restart(shakespeare: Path,
+                                                                                 tmp_path: Path) -> None:
+    env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3")  # n_embd 32 with 3 heads: refused, exit 2
+    plain = subprocess.run(image_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2, plain.stderr  # the image itself (docker run, cron) keeps the job's code
+    res = subprocess.run(compose_trainer_command(), env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr  # on-failure leaves it: a restart would fail the same way
+    assert "error: " in res.stderr and "n_embd" in res.stderr  # the job's own line says why, in the logs
+
+
+def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shakespeare: Path,
+                                                                          tmp_path: Path) -> None:
+    """`docker stop` (SIGTERM to tini as PID 1): the job checkpoints, exits 75, and docker sees 0,
+    no restart. A kill of the job (the OOM killer) stays non-zero, so on-failure restarts it."""
+    env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
+    run_dir = tmp_path / "runs" / RUN
+    proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    proc.send_signal(signal.SIGTERM)  # to tini, which passes it to python
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    stop = [e for e in read_log(run_dir) if e["event"] == "stop"][-1]
+    assert stop["reason"] == "SIGTERM" and sealed_iterations(run_dir)[-1] == stop["iteration"]
+    assert "newest checkpoint, exit 75" in out  # the job's own ending, in `docker compose logs`
+
+    since = len(read_log(run_dir))
+    proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert wait_for_step(run_dir, proc, stop["iteration"] + 1, since=since) > stop["iteration"]
+    (job,) = children(proc.pid)
+    os.kill(job, signal.SIGKILL)
+    assert proc.wait(timeout=60) == 128 + signal.SIGKILL
 
 
 def test_healthcheck_probes_the_metrics_endpoint() -> None:
@@ -369,7 +426,8 @@ def test_docker_launcher_command_line(tmp_path: Path) -> None:
     assert call() == 75
     args = (tmp_path / "args").read_text().splitlines()
     line = " ".join(args)
-    assert args[:2] == ["run", "--rm"] and "--init" in args and "--gpus all" in line
+    assert args[:2] == ["run", "--rm"] and "--gpus all" in line
+    assert "--init" not in args  # the image's entrypoint is tini: a second init warns on every start
     assert "--stop-timeout 120" in line and f"--name job-{RUN}" in line
     assert "-p 127.0.0.1:9200:9200" in line  # published on loopback only
     assert f"--env-file {env_file}" in line and "-e JOB_STOP_AT" in line and "JOB_STOP_AT=07:00" in args

@@ -6,6 +6,7 @@ time window, the step-time buckets, and `job --version`."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -100,7 +101,11 @@ def test_compose_trainer_builds_as_the_host_user_and_mounts_what_the_image_decla
     assert image_volumes <= mounted and "/etc/localtime" in mounted
     assert trainer["ports"] == [f"127.0.0.1:{TRAINER_PORT}:{TRAINER_PORT}"]
     assert trainer["environment"]["JOB_METRICS_ADDR"] == "0.0.0.0"
-    assert trainer["stop_grace_period"] == "120s" and trainer["restart"] == "on-failure"
+    assert trainer["stop_grace_period"] == "120s" and "restart" not in trainer
+    # a few restarts after a failure, and none for the endings remapped to 0 by the image's own tini:
+    # bad settings (2) and a stop on purpose (75); tests/test_ops.py runs this entrypoint
+    assert trainer["deploy"]["restart_policy"] == {"condition": "on-failure", "max_attempts": 3}
+    assert trainer["entrypoint"] == ["/usr/bin/tini", "-e", "2", "-e", "75", "--", "python", "-m", "job"]
     ported = yaml.safe_load(interpolated(COMPOSE.read_text(), {"JOB_METRICS_PORT": "9999", "GRAFANA_PORT": "3300"}))
     assert ported["services"]["trainer"]["ports"] == ["127.0.0.1:9999:9999"]
     assert ported["services"]["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == 3300
@@ -111,6 +116,31 @@ def test_make_monitor_creates_the_directories_and_passes_the_user(tmp_path: Path
                          text=True, timeout=60).stdout
     assert "mkdir -p data runs" in out
     assert "HOST_UID=$(id -u) HOST_GID=$(id -g)" in out and "--profile trainer up -d --build" in out
+
+
+def test_make_monitor_without_the_compose_plugin_says_what_to_install(tmp_path: Path):
+    """A docker client that answers --version but has no compose plugin (it reads `compose -f` as
+    its own flags): each monitor target says so in one line, exit 2, before anything runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\necho "$*" >> {calls}\n'
+        'case "$1" in --version) echo "Docker version 27.3.1, build ce12230"; exit 0 ;; esac\n'
+        'echo "unknown shorthand flag: \'f\' in -f" >&2\nexit 125\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {**job_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "HF_CACHE": str(tmp_path / "hf")}
+    assert subprocess.run(["docker", "--version"], env=env, capture_output=True).returncode == 0
+    for target in ("monitor", "monitor-trainer", "monitor-down"):
+        res = subprocess.run(["make", "-s", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stdout + res.stderr
+        ours = [line for line in res.stderr.splitlines() if not line.startswith("make")]
+        assert ours == ["error: docker has no compose plugin ('docker compose version' fails); install it: sudo "
+                        "apt-get install docker-compose-plugin (from Docker's apt repository; "
+                        "docs.docker.com/compose/install/linux)"], res.stderr
+        assert "unknown shorthand flag" not in res.stderr
+    assert calls.read_text().splitlines() == ["--version", *["compose version"] * 3]  # nothing else ran
+    assert not (tmp_path / "hf").exists()
 
 
 # ---- a trainer on the host, the shipped Prometheus config -----------------------------------------
@@ -156,6 +186,9 @@ def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_conf
                 continue  # Prometheus still starting
         assert seen and seen[0]["metric"]["instance"] == f"127.0.0.1:{TRAINER_PORT}"
         assert prom_query(port, 'up{job="trainer"}')[0]["value"][1] == "1"
+        # a CPU has no peak FLOP/s and this run no time window: absent, not 0; the price is the default's
+        assert prom_query(port, "trainer_mfu_ratio") == prom_query(port, "trainer_planned_stop_timestamp_seconds") == []
+        assert prom_query(port, 'trainer_energy_price_per_joule{currency="USD"} * 3.6e6')[0]["value"][1] == "0.17"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as r:
             rules = [r["name"] for g in json.loads(r.read())["data"]["groups"] for r in g["rules"]]
         assert len(rules) == 6 and "TrainerStalled" in rules
