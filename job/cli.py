@@ -256,7 +256,7 @@ def plan(
     Examples: job plan --preset gpt2-40m --gpu rtx-4070 --dataset-tokens 3.68e9;
     job plan --preset gpt2-124m --gpu h100-sxm --nproc 8; job plan --gpu cpu --peak-tflops 1 --measure --json
     """
-    from job.plan import make_plan, parse_mfus, render
+    from job.commands.plan import make_plan, parse_mfus, render
 
     report = make_plan(cfg, gpu, dataset_tokens, parse_mfus(mfu), measure, watts, scaling_efficiency)
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
@@ -273,7 +273,7 @@ def status(
 
     Example: job status tiny --json
     """
-    from job.status import render, run_status
+    from job.commands.status import render, run_status
 
     cfg = settings_for(run, out_dir)
     report = run_status(cfg.run_dir, cfg.price_per_kwh, cfg.currency)
@@ -303,7 +303,7 @@ def sample(
 
     Examples: job sample tiny --prompt "ROMEO:" --tokens 300; job sample tiny --temperature 0 --json
     """
-    from job.sample import generate
+    from job.commands.sample import generate
 
     run_dir = settings_for(run, out_dir).run_dir
     if as_json:
@@ -338,8 +338,8 @@ def export(
 
     Examples: job export tiny --out hf/tiny; job export night --checkpoint 4000 --out hf/night-4000
     """
-    from job.export import export as write_export
-    from job.export import render
+    from job.commands.export import export as write_export
+    from job.commands.export import render
 
     result = write_export(settings_for(run, out_dir).run_dir, out, checkpoint)
     typer.echo(json.dumps(result, indent=2) if as_json else render(result))
@@ -359,7 +359,7 @@ def import_nanogpt(
     Examples: job import-nanogpt out/ckpt.pt --run from-nanogpt; then job sample from-nanogpt, or
     job train --run from-nanogpt --data fineweb-edu (with the model flags it prints)
     """
-    from job.nanogpt import import_nanogpt as do_import
+    from job.commands.import_nanogpt import import_nanogpt as do_import
     from job.rundir import RunDir
 
     cfg = settings_for(run, out_dir)
@@ -395,7 +395,7 @@ def eval_(
 
     Examples: job eval tiny; job eval night --tokens 10M --hellaswag data/hellaswag_val.jsonl --json
     """
-    from job.scores import render, run_eval
+    from job.commands.eval import render, run_eval
     from job.units import parse_count
 
     result = run_eval(settings_for(run, out_dir).run_dir, checkpoint, data, parse_count(tokens, "--tokens"),
@@ -416,7 +416,7 @@ def report(
 
     Examples: job report tiny; job report night --out night.png --json
     """
-    from job.report import make_report, render
+    from job.commands.report import make_report, render
 
     result = make_report(settings_for(run, out_dir), out)
     typer.echo(json.dumps(result, indent=2) if as_json else render(result))

@@ -3,7 +3,7 @@
 Learned position embeddings, pre-LayerNorm blocks, GELU MLP, causal self-attention through
 torch's scaled_dot_product_attention (flash / memory-efficient kernels where available), and the
 token embedding tied to the output head. The modern recipe's choices keep it an exact GPT-2
-(job/export.py): ReLU² for GELU (`activation`), an untied head (`tie_embeddings`), and the
+(job/commands/export.py): ReLU² for GELU (`activation`), an untied head (`tie_embeddings`), and the
 projections into the residual stream (and an untied head) starting at zero (`zero_init`). The
 defaults are nanoGPT's model, initialised from the same random draws in the same order.
 """

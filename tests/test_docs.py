@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import ROOT
 
+from job.commands.plan import make_plan
 from job.config import PRESETS, resolve
 from job.flops import param_counts
 from job.model import build_model
-from job.plan import make_plan
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))

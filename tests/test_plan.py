@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from job.commands.measure import step_memory
 from job.config import resolve
 from job.data.shards import write_manifest, write_shard
 from job.gpus import BY_KEY, CARDS, from_device_name
-from job.measure import step_memory
 from job.memory import activation_bytes, largest_fit, logits_bytes, memory
 from job.model import GPT, GPTConfig
 

@@ -232,7 +232,7 @@ def test_nanogpt_checkpoint_imports_samples_exports_and_trains_on(small_env, tmp
     imported = json.loads(res.stdout)
     assert imported["iter_num"] == 5000 and imported["best_val_loss"] == 3.25
 
-    from job.weights import load_trained  # what sample, eval and export load it with
+    from job.commands.weights import load_trained  # what sample, eval and export load it with
 
     # compared in float64, so that a difference is one of function, not of float32 rounding
     x = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(3))
@@ -369,7 +369,7 @@ def expected_choices(model: GPT, examples: list[dict]) -> tuple[list[int], list[
 
 def test_hellaswag_choices_match_ones_worked_out_from_the_training_loss(trained, tmp_path):
     runs, env = trained
-    from job.weights import load_trained
+    from job.commands.weights import load_trained
 
     model = load_trained(runs / "t").model
     model.cfg.loss_chunk = 0  # the plain cross-entropy, whose ignore_index masks the context

@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from job import checkpoint
+from job.commands.weights import load_trained
 from job.config import resolve
 from job.device import native_bf16
 from job.errors import ConfigError
@@ -20,7 +21,6 @@ from job.gpus import BY_KEY, from_device_name
 from job.memory import check_fit, memory
 from job.model import GPT, ChunkedHeadLoss, GPTConfig, build_model
 from job.state import TrainState
-from job.weights import load_trained
 
 SETTINGS = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50304, "bias": False}
 

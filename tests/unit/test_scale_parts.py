@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from job import checkpoint, dist, launch
+from job.commands.plan import make_plan
 from job.config import Config, resolve
 from job.data.loader import TrainLoader
 from job.data.shards import write_shard
 from job.device import seed_step
 from job.errors import ConfigError
-from job.plan import make_plan
 from job.stopping import StopFlag
 from job.train import micro_seed
 

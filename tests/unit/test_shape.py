@@ -22,15 +22,62 @@ def modules_loaded_by(module: str) -> set[str]:
 
 @pytest.mark.parametrize("module, must_not_load", [
     ("job.metrics", {"job.train"}),
-    ("job.status", {"job.train", "torch"}),  # status reads files only, and starts in a blink
-    ("job.train", {"job.plan", "job.data.prepare", "job.metrics"}),
+    ("job.commands.status", {"job.train", "torch"}),  # status reads files only, and starts in a blink
+    ("job.train", {"job.commands.plan", "job.data.prepare", "job.metrics"}),
     ("job.checkpoint", {"torch", "job.train"}),  # seals are read without torch
-    ("job.report", {"job.train", "torch"}),  # drawn from the run's files, while it trains
+    ("job.commands.report", {"job.train", "torch"}),  # drawn from the run's files, while it trains
     ("job.evaluate", {"job.train"}),  # the loop's val loss, shared with `job eval`
-    *[(m, {"job.train"}) for m in ("job.scores", "job.export", "job.nanogpt", "job.sample", "job.weights")],
+    *[(f"job.commands.{m}", {"job.train"}) for m in ("eval", "export", "import_nanogpt", "sample", "weights")],
 ])
 def test_dependencies_point_down(module: str, must_not_load: set[str]):
     assert not modules_loaded_by(module) & must_not_load
+
+
+def imports_of(path: Path) -> set[str]:
+    """The job modules a file imports, at its top or inside a function (`from job import x` names
+    the module job.x where there is one)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("job")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("job") and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the modules of the package it imports."""
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / "job").rglob("*.py")}
+    return {name: {m for m in imports_of(path) if m in names and m != name} for name, path in names.items()}
+
+
+def test_only_the_command_line_imports_the_commands():
+    """job/commands/ holds the verbs other than train; the trainer and its components never reach
+    into them (torchtitan's arrows: the commands use the components, never the other way)."""
+    wrong = {name: sorted(m for m in deps if m.startswith("job.commands"))
+             for name, deps in module_graph().items()
+             if not name.startswith("job.commands") and name != "job.cli"}
+    assert not {k: v for k, v in wrong.items() if v}
+
+
+def test_no_import_cycle():
+    graph, done, path = module_graph(), set(), []
+
+    def visit(name: str) -> None:
+        if name in path:
+            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(name):] + [name])}")
+        if name in done:
+            return
+        path.append(name)
+        for dep in sorted(graph[name]):
+            visit(dep)
+        path.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
 
 
 def test_no_function_in_job_is_longer_than_a_screen():

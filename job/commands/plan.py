@@ -1,5 +1,5 @@
 """`job plan`: what a run will take before it starts — tokens, parameters, FLOPs, hours, memory,
-energy and money — by arithmetic alone (no torch; `--measure` imports job.measure lazily).
+energy and money — by arithmetic alone (no torch; `--measure` imports job.commands.measure lazily).
 
 Time is FLOPs / (the peak of the card in use x MFU), with the peak from job/gpus.py, never an
 A100's 312 TFLOP/s whatever the card. FLOPs come from job/flops.py, as in the training log.
@@ -138,7 +138,7 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
 
     measured = None
     if measure:  # one card here; N of them at the scaling efficiency
-        from job.measure import measure_steps
+        from job.commands.measure import measure_steps
 
         measured = measure_steps(cfg)
         measured["s_per_iter"] = ((cfg.grad_accum // cards) * measured["micro_step_s"]

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
+from job.commands.weights import load_checkpoint
 from job.errors import ConfigError
 from job.fileio import atomic_dir, atomic_write_bytes, atomic_write_json
 from job.tokenizer import EOT, N_VOCAB, gpt2_files
-from job.weights import load_checkpoint
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BIASED = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")

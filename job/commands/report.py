@@ -6,72 +6,23 @@ roll-back replace the ones they redo (a log holds both), so each curve has one p
 iteration. Restarts and early stops are marked on every panel. Loss is drawn against tokens
 (comparable across batch sizes); throughput, MFU, power and energy against hours of training
 (the checkpointed wall time, so the nights join up without the gaps between them). The summary's
-figures are `job status`'s own (job/status.py), plus the checkpoint with the lowest val loss.
+figures are `job status`'s own (job/commands/status.py), plus the checkpoint with the lowest val loss.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from job import checkpoint
+from job.commands.plot import draw
+from job.commands.status import run_status
+from job.commands.timeline import Timeline, timeline
 from job.config import Config
 from job.fileio import atomic_write_bytes
 from job.rundir import RunDir
-from job.status import run_status
 from job.units import human_count, human_duration
-
-MARKS = {"resume": ("restart", "tab:green"), "stop": ("stop", "tab:red"), "rollback": ("roll-back", "tab:orange"),
-         "import": ("import", "tab:purple")}
-
-
-@dataclass
-class Timeline:
-    steps: list[dict[str, Any]] = field(default_factory=list)  # one per iteration logged, oldest first
-    evals: list[dict[str, Any]] = field(default_factory=list)
-    marks: list[tuple[str, int]] = field(default_factory=list)  # (event, iteration)
-
-    def column(self, key: str, rows: list[dict[str, Any]] | None = None) -> np.ndarray:
-        return np.array([np.nan if r.get(key) is None else r[key] for r in (self.steps if rows is None else rows)],
-                        dtype=float)
-
-    def keep_until(self, iteration: int) -> None:
-        """Forget the steps and evals from `iteration` on: they are being redone."""
-        self.steps = [r for r in self.steps if r["iteration"] < iteration]
-        self.evals = [r for r in self.evals if r["iteration"] < iteration]
-
-    def at(self, iterations: np.ndarray | list[int], key: str) -> np.ndarray:
-        """`key` (tokens, elapsed_s) at these iterations, interpolated between logged steps."""
-        its = self.column("iteration")
-        if its.size == 0:
-            return np.full(len(iterations), np.nan)
-        return np.interp(np.asarray(iterations, dtype=float), np.concatenate([[0.0], its]),
-                         np.concatenate([[0.0], self.column(key)]))
-
-
-def timeline(records: list[dict[str, Any]]) -> Timeline:
-    """The log's records as the newest state's history: a step record at or before one already
-    kept means the steps after it were redone (resumed from a checkpoint, or rolled back)."""
-    t = Timeline()
-    for rec in records:
-        event, it = rec.get("event"), rec.get("iteration")
-        if not isinstance(it, int):
-            continue
-        if event == "resume":  # back to the checkpoint's iteration: what was logged after it was lost
-            t.keep_until(it + 1)
-        if event in ("step", "eval") and t.steps and it <= t.steps[-1]["iteration"]:
-            t.keep_until(it)  # a step redone (an eval is logged just before its step's record)
-        if event == "step":
-            t.steps.append(rec)
-        elif event == "eval" and rec.get("val_loss") is not None:
-            t.evals.append(rec)
-        if event in MARKS:
-            t.marks.append((event, it))
-    return t
 
 
 def best_checkpoint(run: RunDir) -> dict[str, Any] | None:
@@ -111,8 +62,6 @@ def render(s: dict[str, Any]) -> str:
 def make_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     """Draw the PNG (default runs/<run>/report.png, written atomically) and return the summary;
     the price per kWh is the one `job status` uses (cfg's)."""
-    from job.plot import draw
-
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
     t = timeline(run.records())

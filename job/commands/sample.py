@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from job.commands.weights import load_trained
 from job.device import pick_device
 from job.tokenizer import get_encoding
-from job.weights import load_trained
 
 
 def generate(run_dir: Path, prompt: str, tokens: int, temperature: float, top_k: int, seed: int,

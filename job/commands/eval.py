@@ -1,6 +1,6 @@
 """`job eval`: how good a run's checkpoint is. Val loss and perplexity on the prepared val split
 (measured by job/evaluate.py, the training loop's own function, so the figures agree with the
-loop's on the same windows), and HellaSwag accuracy from a local file (job/hellaswag.py).
+loop's on the same windows), and HellaSwag accuracy from a local file (job/commands/hellaswag.py).
 
 The val windows are the split's first ones, in order: all of them, or enough for `--tokens`. With
 the run's batch_size and `--tokens eval_iters x batch_size x block_size`, they are exactly the
@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
+from job.commands.hellaswag import read_examples, score
+from job.commands.weights import Trained, load_trained
 from job.config import Config
 from job.data.dataset import open_dataset
 from job.device import pick_device, pick_precision
 from job.errors import ConfigError
 from job.evaluate import evaluate, first_windows, perplexity
-from job.hellaswag import read_examples, score
 from job.ui import progress
-from job.weights import Trained, load_trained
 
 
 def val_scores(trained: Trained, data: str | None, tokens: int | None, batch_size: int | None,

@@ -1,5 +1,5 @@
 """The picture of `job report`: four panels on one PNG, drawn with matplotlib's Agg canvas (no
-display, no pyplot state), from a report.Timeline and its summary."""
+display, no pyplot state), from a timeline.Timeline and its summary."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from job.report import MARKS, Timeline
+from job.commands.timeline import MARKS, Timeline
 from job.units import human_count, human_duration
 
 
