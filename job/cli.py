@@ -1,60 +1,26 @@
-"""`python -m job` / `job`: the command line. Every Config field is a flag of the same name, and
-its `--help` line says what it does, its default and its environment name, from job/config.py.
-Help text shows as written: a `[...]` in it is text, never a rich style tag."""
+"""`python -m job` / `job`: the command line, and only that: each command parses its arguments and
+calls the module that does the work (job/launch.py for train, job/commands/ for the others).
+Every Config field is a flag of the same name, and its `--help` line says what it does, its
+default and its environment name (job/helptext.py, from job/config.py). A command ends early in
+one place (`guarded`): one line and the exit code of its kind."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import json
-import os
 import sys
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-import click
 import typer
-from rich.markup import escape
-from typer.core import TyperCommand, TyperGroup
 
-from job.config import Config, resolve, settings_help
+from job.config import Config, resolve
 from job.errors import ENDINGS, EXIT_INTERRUPTED, Stopped
+from job.helptext import Command, Group, settings_help
 from job.stopping import stop_before_work
-
-if TYPE_CHECKING:
-    from job.dist import World
-
-
-class _AsWritten:
-    """Help as written: rich markup escaped in every help text (typer renders it with rich, which
-    would take `[default: ...]` or `[job]` for a style tag and drop it), and no `<bool>` type
-    shown for on/off flags."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = escape(self.help) if self.help else self.help
-        for param in self.params:
-            if getattr(param, "help", None):
-                param.help = escape(param.help)  # type: ignore[attr-defined]
-
-    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
-        params = super().get_params(ctx)  # type: ignore[misc]
-        for param in params:
-            if getattr(param, "is_flag", False) and param.metavar is None:
-                param.metavar = ""  # the --help option too, which click adds here
-        return params
-
-
-class Command(_AsWritten, TyperCommand):
-    """A command whose help shows as written."""
-
-
-class Group(_AsWritten, TyperGroup):
-    """The command group, whose help shows as written."""
-
 
 app = typer.Typer(
     cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -120,13 +86,13 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
         # forms (2e4 for an int) and the same one-line error for a bad one
         flag_params.append(inspect.Parameter(
             s.name, inspect.Parameter.KEYWORD_ONLY,
-            annotation=Optional[bool if kind is bool else str],  # noqa: UP045 (typer)
+            annotation=Optional[bool if kind is bool else str],
             default=typer.Option(None, decl, help=s.line, show_default=False,
                                  metavar=None if kind is bool else kind.__name__.upper(),
                                  rich_help_panel=f"Settings: {s.group}"),
         ))
     config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
-                                     annotation=Optional[Path], default=CONFIG_OPTION)  # noqa: UP045
+                                     annotation=Optional[Path], default=CONFIG_OPTION)
 
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> Any:
@@ -141,22 +107,22 @@ def with_config_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
 @app.command(cls=Command)
 @guarded
 def prepare(
-    source: Optional[list[str]] = typer.Option(  # noqa: UP045
+    source: Optional[list[str]] = typer.Option(
         None, help="Where the text comes from: shakespeare (embedded), fineweb-edu (Hugging Face), or local "
         ".txt/.jsonl/.parquet files, directories and globs, optionally .gz/.zst; repeatable. (default: shakespeare)"),
-    out: Optional[Path] = typer.Option(None, help="Dataset directory (default: data/<source>)."),  # noqa: UP045
+    out: Optional[Path] = typer.Option(None, help="Dataset directory (default: data/<source>)."),
     force: bool = typer.Option(False, help="Tokenise again even if the dataset is already prepared."),
     verify: bool = typer.Option(False, "--verify", help="Only re-hash the dataset's shards against its manifest."),
-    max_tokens: Optional[str] = typer.Option(None, help="Stop after this many tokens, e.g. 3.68B."),  # noqa: UP045
+    max_tokens: Optional[str] = typer.Option(None, help="Stop after this many tokens, e.g. 3.68B."),
     shard_tokens: str = typer.Option("100M", help="Tokens per shard."),
-    val_tokens: Optional[str] = typer.Option(None, help="Tokens held out for val (default: the first shard)."),  # noqa: UP045
+    val_tokens: Optional[str] = typer.Option(None, help="Tokens held out for val (default: the first shard)."),
     workers: int = typer.Option(0, min=0, help="Tokeniser processes (0: one per core)."),
     hf_config: str = typer.Option("sample-10BT", help="fineweb-edu config: sample-10BT, sample-100BT, default, "
                                   "CC-MAIN-2024-10, ..."),
-    hf_dir: Optional[Path] = typer.Option(None, help="A local copy of the fineweb-edu repository to read "  # noqa: UP045
+    hf_dir: Optional[Path] = typer.Option(None, help="A local copy of the fineweb-edu repository to read "
                                           "instead of downloading."),
     text_field: str = typer.Option("text", help="The .jsonl field / .parquet column holding the text."),
-    separator: Optional[str] = typer.Option(None, help="Split .txt files into documents on this string "  # noqa: UP045
+    separator: Optional[str] = typer.Option(None, help="Split .txt files into documents on this string "
                                             "(\\n newline, \\t tab) (default: one document per file)."),
 ) -> None:
     """Text -> GPT-2 tokens -> llm.c shards plus manifest.json. A killed prepare resumes where it stopped.
@@ -199,40 +165,9 @@ def train(
     Examples: job train; job train --preset gpt2-40m --max-runtime 8h; JOB_MAX_ITERS=500 job train;
     job train --preset gpt2-124m --nproc 8
     """
-    from job import dist, launch
+    from job.launch import start
 
-    if launch.wanted(cfg):  # several processes asked for: this one starts them under torchrun
-        raise typer.Exit(launch.launch(cfg, fresh, verify))
-    with dist.joined(cfg) as world:  # under torchrun: one rank of the job; else the only process
-        code = train_here(cfg, fresh, verify, world)
-    raise typer.Exit(dist.exit_code(code))
-
-
-def train_here(cfg: Config, fresh: bool, verify: bool, world: World) -> int:
-    """This process's part of `job train`: the run's lock and files are rank 0's (the only
-    process's), the metrics each machine's (job/metrics.py), the training every rank's."""
-    from job import dist
-    from job.metrics import monitoring
-    from job.rundir import RunDir
-    from job.train import already_done
-    from job.train import train as run_train
-
-    run = RunDir(cfg.run_dir)
-    # a restart by torchrun's agent resumes the run its first attempt started afresh
-    fresh = fresh and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if dist.from_rank0(lambda: not fresh and already_done(run, cfg.max_iters)):  # writes nothing, not even the lock
-        return 0
-    with ExitStack() as owned:
-        def own() -> None:
-            owned.enter_context(run.lock())  # first: a second `job train` on this run touches nothing
-            if fresh and run.has_history():
-                typer.echo(f"--fresh: moved the old run to {run.archive()}")
-                owned.enter_context(run.lock())  # the new directory's lock, before the old one is let go
-
-        dist.from_rank0(own)
-        # Prometheus metrics on metrics_addr:metrics_port while it runs
-        hooks = dist.agreed(lambda: owned.enter_context(monitoring(cfg, world)))
-        return run_train(cfg, hooks, verify)
+    raise typer.Exit(start(cfg, fresh, verify))
 
 
 @app.command(cls=Command)
@@ -241,11 +176,11 @@ def train_here(cfg: Config, fresh: bool, verify: bool, world: World) -> int:
 def plan(
     cfg: Config,
     gpu: str = typer.Option("auto", help="The card: a key such as rtx-4070, h100-sxm or cpu; auto detects GPU 0."),
-    dataset_tokens: Optional[float] = typer.Option(  # noqa: UP045
+    dataset_tokens: Optional[float] = typer.Option(
         None, help="Training tokens of the dataset, e.g. 3.68e9 [default: from the prepared dataset's manifest]."),
     mfu: str = typer.Option("0.3,0.4,0.5", help="MFU fractions in (0, 1] to estimate the time at."),
     measure: bool = typer.Option(False, help="Also time a few real training steps here and plan at the MFU measured."),
-    watts: Optional[float] = typer.Option(None, help="Board power in W [default: the card's rated power]."),  # noqa: UP045
+    watts: Optional[float] = typer.Option(None, help="Board power in W [default: the card's rated power]."),
     scaling_efficiency: float = typer.Option(0.9, help="With --nproc/--nnodes above 1: the share of N GPUs' speed "
                                              "the job gets (DDP's gradient all-reduce costs the rest); assumed."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
@@ -265,8 +200,8 @@ def plan(
 @app.command(cls=Command)
 @guarded
 def status(
-    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    run: Optional[str] = RUN_ARGUMENT,
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Where a run stands: iteration, loss, tokens/s, ETA, energy, last checkpoint, done.
@@ -280,7 +215,7 @@ def status(
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 
-CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="Another checkpoint than the newest whole one: an "  # noqa: UP045
+CHECKPOINT_OPTION = typer.Option(None, "--checkpoint", help="Another checkpoint than the newest whole one: an "
                                  "iteration (400) or a path.")
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 
@@ -288,15 +223,15 @@ JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 @app.command(cls=Command)
 @guarded
 def sample(
-    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    run: Optional[str] = RUN_ARGUMENT,
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
     prompt: str = typer.Option("\n", help="Text to continue."),
     tokens: int = typer.Option(200, min=1, help="How many tokens to generate."),
     temperature: float = typer.Option(0.8, min=0.0, help="Below 1 is safer, above 1 wilder; 0 is greedy."),
     top_k: int = typer.Option(200, min=0, help="Sample among the k likeliest tokens (0 = all)."),
     seed: int = typer.Option(1337, help="Same seed, same text."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
-    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
     as_json: bool = typer.Option(False, "--json", help="No streaming: one JSON object at the end (text and ids)."),
 ) -> None:
     """Generate text from a run's newest checkpoint, printed token by token as it is made.
@@ -327,10 +262,10 @@ def sample(
 @app.command(cls=Command)
 @guarded
 def export(
-    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
+    run: Optional[str] = RUN_ARGUMENT,
     out: Path = typer.Option(..., "--out", help="The directory to create (new, or empty)."),
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
-    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """A checkpoint as a Hugging Face GPT-2 directory: config.json, model.safetensors,
@@ -350,7 +285,7 @@ def export(
 def import_nanogpt(
     ckpt: Path = typer.Argument(..., help="A nanoGPT ckpt.pt (as nanoGPT's train.py writes it)."),
     run: str = typer.Option(..., "--run", help="The new run's name (a directory under --out-dir)."),
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """A nanoGPT checkpoint as a new run that sample, eval, export and train accept. Training it
@@ -377,16 +312,16 @@ def import_nanogpt(
 @app.command("eval", cls=Command)
 @guarded
 def eval_(
-    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
-    checkpoint: Optional[str] = CHECKPOINT_OPTION,  # noqa: UP045
-    tokens: Optional[str] = typer.Option(None, help="Val tokens to score, from the split's start, e.g. 1M "  # noqa: UP045
+    run: Optional[str] = RUN_ARGUMENT,
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
+    checkpoint: Optional[str] = CHECKPOINT_OPTION,
+    tokens: Optional[str] = typer.Option(None, help="Val tokens to score, from the split's start, e.g. 1M "
                                          "[default: the whole val split]."),
     val: bool = typer.Option(True, help="Score the val split (--no-val: HellaSwag only)."),
-    data: Optional[str] = typer.Option(None, help="Dataset to take val from [default: the run's]."),  # noqa: UP045
-    batch_size: Optional[str] = typer.Option(None, help="Sequences per batch [default: the run's]."),  # noqa: UP045
-    hellaswag: Optional[Path] = typer.Option(None, help="A local HellaSwag .jsonl (ctx, endings, label)."),  # noqa: UP045
-    limit: Optional[str] = typer.Option(None, help="Score only the first N HellaSwag examples."),  # noqa: UP045
+    data: Optional[str] = typer.Option(None, help="Dataset to take val from [default: the run's]."),
+    batch_size: Optional[str] = typer.Option(None, help="Sequences per batch [default: the run's]."),
+    hellaswag: Optional[Path] = typer.Option(None, help="A local HellaSwag .jsonl (ctx, endings, label)."),
+    limit: Optional[str] = typer.Option(None, help="Score only the first N HellaSwag examples."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N, mps."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -406,9 +341,9 @@ def eval_(
 @app.command(cls=Command)
 @guarded
 def report(
-    run: Optional[str] = RUN_ARGUMENT,  # noqa: UP045
-    out_dir: Optional[Path] = OUT_DIR_OPTION,  # noqa: UP045
-    out: Optional[Path] = typer.Option(None, "--out", help="The PNG to write [default: runs/<run>/report.png]."),  # noqa: UP045
+    run: Optional[str] = RUN_ARGUMENT,
+    out_dir: Optional[Path] = OUT_DIR_OPTION,
+    out: Optional[Path] = typer.Option(None, "--out", help="The PNG to write [default: runs/<run>/report.png]."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """The run as a picture (loss against tokens; tokens/s, MFU, power and energy over time;

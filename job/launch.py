@@ -1,4 +1,6 @@
-"""`job train` on several processes: `nproc` on each of `nnodes` machines, started by torchrun.
+"""How `job train` starts: as the only process, as one of torchrun's, or as the launcher that starts
+torchrun for `nproc` processes on each of `nnodes` machines. Every way takes the run's ownership
+and its "already done" answer from job/ownership.py.
 
 torchrun is the engine: its elastic agent starts one process per GPU, meets the other machines
 (c10d rendezvous at rdzv_endpoint), and restarts the group after a crash, up to max_restarts times,
@@ -31,6 +33,7 @@ from typing import Any
 from job import dist
 from job.config import ENV_PREFIX, Config
 from job.errors import EXIT_DONE, EXIT_FAILED, EXIT_STOPPED, EXIT_USAGE
+from job.ownership import nothing_to_do, owning
 from job.rundir import RunDir
 
 # How long torchrun's agent waits, after passing a SIGTERM on, for the workers to finish their
@@ -65,18 +68,43 @@ def torchrun_command(cfg: Config, verify: bool) -> list[str]:
             "-m", "job", "train", *(["--verify"] if verify else [])]
 
 
+def start(cfg: Config, fresh: bool, verify: bool) -> int:
+    """`job train`: several processes asked for, so start them under torchrun; else train in this
+    process (the only one, or one of torchrun's). Returns the exit code."""
+    if wanted(cfg):
+        return launch(cfg, fresh, verify)
+    with dist.joined(cfg) as world:  # under torchrun: one rank of the job; else the only process
+        return dist.exit_code(train_here(cfg, fresh, verify, world))
+
+
+def train_here(cfg: Config, fresh: bool, verify: bool, world: dist.World) -> int:
+    """This process's part of `job train`: the run's lock and files are rank 0's (the only
+    process's), the metrics each machine's (job/metrics.py), the training every rank's."""
+    from job.metrics import monitoring
+    from job.train import train
+
+    run = RunDir(cfg.run_dir)
+    # a restart by torchrun's agent resumes the run its first attempt started afresh
+    fresh = fresh and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if dist.from_rank0(lambda: nothing_to_do(run, cfg.max_iters, fresh)):  # writes nothing, not even the lock
+        return EXIT_DONE
+    with contextlib.ExitStack() as held:
+        dist.from_rank0(lambda: held.enter_context(owning(run, fresh)))
+        # Prometheus metrics on metrics_addr:metrics_port while it runs
+        hooks = dist.agreed(lambda: held.enter_context(monitoring(cfg, world)))
+        return train(cfg, hooks, verify)
+
+
 def launch(cfg: Config, fresh: bool, verify: bool) -> int:
     """Run `job train` on nproc processes here (one machine of nnodes); returns the job's exit code."""
-    from job.train import already_done
-
     # a setting that cannot work ends here, before any process starts
     dist.backend_for(cfg.device, dist.World(size=cfg.processes, local_size=cfg.nproc, distributed=True))
     run = RunDir(cfg.run_dir)
-    if fresh and run.has_history():
-        with run.lock():  # never while a `job train` owns it
-            print(f"--fresh: moved the old run to {run.archive()}", flush=True)
-    elif not fresh and already_done(run, cfg.max_iters):
+    if nothing_to_do(run, cfg.max_iters, fresh):
         return EXIT_DONE
+    if fresh:
+        with owning(run, fresh):  # never while a `job train` owns it; the workers take it next
+            pass
     with tempfile.TemporaryDirectory(prefix="job-endings-") as where:
         env = {**os.environ, **settings_env(cfg), dist.ENDINGS_DIR: where}
         proc = subprocess.Popen(torchrun_command(cfg, verify), env=env, start_new_session=True,

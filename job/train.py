@@ -43,6 +43,7 @@ from job.gpus import Card, card_for, peak_flops
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.memory import check_fit
 from job.model import GPT, build_model
+from job.ownership import already_done
 from job.rundir import NullLog, RunDir, RunLog
 from job.state import TrainState
 from job.stopping import StopFlag, deadline, reached
@@ -114,15 +115,6 @@ def train(cfg: Config, hooks: RunHooks | None = None, verify: bool = False) -> i
         return run_loop(s)
     finally:
         s.log.close()
-
-
-def already_done(run: RunDir, max_iters: int) -> bool:
-    """Whether the run has reached max_iters (then say so); read-only, so it needs no lock."""
-    done = run.read_done()
-    if done and done.iteration >= max_iters:
-        print(f"run '{run.name}' is already done at iteration {done.iteration}; nothing to do")
-        return True
-    return False
 
 
 def run_loop(s: Session) -> int:

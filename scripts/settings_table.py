@@ -1,8 +1,8 @@
 """Write the generated tables of the docs from job/config.py, the one place settings and presets
 are described:
 
-  the settings table   -> docs/configuration.md  (job.config.settings_table)
-  the presets table    -> README.md              (job.config.presets_table)
+  the settings table   -> docs/configuration.md  (job.helptext.settings_table)
+  the presets table    -> README.md              (job.helptext.presets_table)
 
 Each table sits between its two marker lines below. tests/test_help.py and tests/test_docs.py fail
 when one is stale, so `job train --help`, the docs and the code never say different things.
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from job.config import presets_table, settings_table  # noqa: E402
+from job.helptext import presets_table, settings_table  # noqa: E402
 
 SETTINGS = ("docs/configuration.md",
             "<!-- settings table: written by scripts/settings_table.py from job/config.py -->",

@@ -12,8 +12,9 @@ import typer
 from conftest import ROOT, job_env, run_job
 
 from job.cli import app
-from job.config import PRESETS, Config, resolve, settings_help, settings_table
-from job.config import shown as shown_value
+from job.config import PRESETS, Config, resolve
+from job.helptext import settings_help, settings_table
+from job.helptext import shown as shown_value
 
 COMMANDS = [info.name or info.callback.__name__ for info in app.registered_commands]
 
