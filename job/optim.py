@@ -10,10 +10,14 @@ biases (1-D). The two are held by `MuonAdamW`, which looks like one optimizer: `
 both lists (what the schedule and GradScaler.unscale_ walk), `step`, `zero_grad`, and a
 `state_dict` of {"muon": ..., "adamw": ...}. Muon's group carries "kind": "muon", so that the
 schedule sets each group's learning rate from its own peak (`muon_lr`; `lr` for every other group).
+
+The schedule itself (`lr_at`: warmup, then cosine or warmup-stable-decay) lives here too, next to
+`set_lr`, which applies its value to every group.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -72,6 +76,19 @@ def build(model: GPT, cfg: Any, device_type: str) -> torch.optim.AdamW | MuonAda
         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "kind": ADAMW},
     ], lr=cfg.lr, betas=betas, fused=device_type == "cuda")
     return MuonAdamW(muon, adamw)
+
+
+def lr_at(it: int, cfg: Any) -> float:
+    """Linear warmup, then cosine decay to min_lr at max_iters; or (schedule wsd) warmup, flat at
+    lr, and a linear warmdown to min_lr over the last warmdown_frac of max_iters."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.schedule == "wsd":
+        left = (cfg.max_iters - it) / max(1.0, cfg.warmdown_frac * cfg.max_iters)
+        return cfg.lr if left >= 1 else cfg.min_lr + max(0.0, left) * (cfg.lr - cfg.min_lr)
+    span = max(1, cfg.max_iters - cfg.warmup_iters)
+    progress = min(1.0, (it - cfg.warmup_iters) / span)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer | MuonAdamW, lr: float, cfg: Any) -> None:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from job.data.loader import LoaderState
+
+@dataclass
+class LoaderState:
+    """Where the training batches stand: the data loader's (job/data/loader.py) position, which
+    every checkpoint records with the counters below."""
+    epoch: int = 0
+    cursor: int = 0  # windows of this epoch already handed out
 
 
 @dataclass

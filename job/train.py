@@ -2,7 +2,8 @@
 step, and `run_loop` reads on one screen: step -> account -> eval? -> log? -> checkpoint? -> stop?
 
 setup resumes from the newest whole checkpoint, or refuses one it cannot continue faithfully
-(other model shape, seed or data). The caller (job/cli.py) holds the run's lock. Exit codes are
+(job/resume.py: other model shape, seed, recipe or data). The caller (job/launch.py) holds the
+run's lock (job/ownership.py); the schedule is job/optim.py's `lr_at`. Exit codes are
 the contract with cron and restart policies (job/errors.py): 0 done, 75 stopped on purpose with a
 checkpoint, 1 failed, 2 bad settings.
 
@@ -20,30 +21,29 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from job import checkpoint, dist, optim
-from job.config import LEGACY, RECIPE_KEYS, SHAPE_KEYS, Config
+from job.config import Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.epochs import check_epochs, epochs_warning
 from job.data.epochs import shown as epochs_shown
 from job.data.loader import TrainLoader, val_batches
 from job.device import Precision, configure, pick_device, pick_precision, seed_step, to_device
-from job.errors import EXIT_DONE, EXIT_STOPPED, ConfigError, Failure
+from job.errors import EXIT_DONE, EXIT_STOPPED, Failure
 from job.evaluate import evaluate
-from job.fileio import clean_temporaries
 from job.flops import flops_per_token, forecast
 from job.gpus import Card, card_for, peak_flops
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.memory import check_fit
 from job.model import GPT, build_model
 from job.ownership import already_done
+from job.resume import resume_point, same_data
 from job.rundir import NullLog, RunDir, RunLog
 from job.state import TrainState
 from job.stopping import StopFlag, deadline, reached
@@ -63,8 +63,22 @@ class Step:
 
 
 @dataclass
+class Counters:
+    """What the loop keeps from step to step of this start, apart from the run's own counters
+    (TrainState, which every checkpoint records) and from what setup built."""
+    energy_mark: float | None = None  # the energy meter's reading after the last step
+    ema_step_s: float | None = None  # smoothed step time, for the ETA
+    bad_in_row: int = 0  # non-finite steps in a row
+    rollbacks_in_row: int = 0  # roll-backs since the last good checkpoint was written
+    evaluated: bool = False  # whether this start has evaluated yet (the first one compiles, with compile on)
+    stop: StopFlag | None = None  # a signal to this process, set while the loop runs
+    limit: tuple[float, str] | None = None  # the time window's end, set when the loop starts
+
+
+@dataclass
 class Session:
-    """Everything the loop reads and changes; built by setup()."""
+    """What setup built for the loop: the run, its data, model, optimizer and observers; and the
+    loop's own counters (`loop`)."""
     cfg: Config
     run: RunDir
     data: Dataset
@@ -81,14 +95,8 @@ class Session:
     hooks: RunHooks
     card: Card | None  # the table's row for the GPU in use
     peak: float | None  # FLOP/s that MFU divides by
-    energy_mark: float | None = None  # the energy meter's reading after the last step
-    ema_step_s: float | None = None  # smoothed step time, for the ETA
-    bad_in_row: int = 0  # non-finite steps in a row
-    rollbacks_in_row: int = 0  # roll-backs since the last good checkpoint was written
-    evaluated: bool = False  # whether this start has evaluated yet (the first one compiles, with compile on)
     world: dist.World = dist.SINGLE  # this process's place in the job
-    stop: StopFlag | None = None  # set by the loop: a signal to this process
-    limit: tuple[float, str] | None = None  # set by the loop: the time window's end
+    loop: Counters = field(default_factory=Counters)
 
     @property
     def device(self) -> torch.device:
@@ -96,12 +104,12 @@ class Session:
 
     def energy_since_mark(self) -> float:
         """Joules used since the last reading (0 where nothing measures energy)."""
-        meter = self.hooks.energy_meter
+        meter, loop = self.hooks.energy_meter, self.loop
         now = meter() if meter else None
-        if now is None or self.energy_mark is None:
-            self.energy_mark = now
+        if now is None or loop.energy_mark is None:
+            loop.energy_mark = now
             return 0.0
-        used, self.energy_mark = max(0.0, now - self.energy_mark), now
+        used, loop.energy_mark = max(0.0, now - loop.energy_mark), now
         return used
 
 
@@ -120,14 +128,14 @@ def train(cfg: Config, hooks: RunHooks | None = None, verify: bool = False) -> i
 def run_loop(s: Session) -> int:
     """Step until max_iters, a signal or the time window (on any rank); returns the exit code."""
     cfg, st = s.cfg, s.state
-    s.limit = time_window(s)
+    s.loop.limit = time_window(s)
     s.energy_since_mark()
     s.model.train()
-    with StopFlag(escalate=not s.world.distributed) as s.stop:
+    with StopFlag(escalate=not s.world.distributed) as s.loop.stop:
         while st.iteration < cfg.max_iters:
             # -------- TRAINING SECTION BEGIN: one optimizer step over grad_accum micro-batches --------
             t0 = time.time()
-            lr = lr_at(st.iteration, cfg)
+            lr = optim.lr_at(st.iteration, cfg)
             step = train_step(s, lr)
             step_s = time.time() - t0
             # -------- TRAINING SECTION END --------
@@ -144,8 +152,8 @@ def run_loop(s: Session) -> int:
             # then back to the newest good checkpoint, past the batches that went bad
             # (none in the middle of non-finite steps: the newest good one must not be rotated away)
             due = it % cfg.ckpt_interval == 0 or it == cfg.max_iters or step.stop
-            if not (trouble := guard(s, info)) and due and not s.bad_in_row:
-                with s.stop.protected():
+            if not (trouble := guard(s, info)) and due and not s.loop.bad_in_row:
+                with s.loop.stop.protected():
                     trouble = save_checkpoint(s, info)
             if trouble:
                 rollback(s, trouble)
@@ -167,8 +175,8 @@ def timed_eval(s: Session) -> float:
     t0 = time.time()
     loss = evaluate(s.eval_model, s.val, s.prec)
     seconds = time.time() - t0
-    first = not s.evaluated
-    s.evaluated = True
+    first = not s.loop.evaluated
+    s.loop.evaluated = True
     s.log.write("eval", iteration=s.state.iteration, val_loss=loss, seconds=round(seconds, 3),
                 **({"compiled": True} if first and s.cfg.compile else {}))
     if first and s.cfg.compile and s.world.writer:
@@ -229,22 +237,22 @@ def micro_seed(seed: int, micro_batch: int) -> int:
 def stop_votes(s: Session) -> list[float]:
     """This process's reasons to stop after this step, as counts the ranks add up: a signal it
     received (by kind), the time window it sees ended."""
-    why = s.stop.reason if s.stop else None
-    return [float(why == kind) for kind in STOP_SIGNALS] + [float(reached(s.limit) is not None)]
+    why = s.loop.stop.reason if s.loop.stop else None
+    return [float(why == kind) for kind in STOP_SIGNALS] + [float(reached(s.loop.limit) is not None)]
 
 
 def stop_reason(s: Session, votes: list[float]) -> str | None:
     """Why every rank stops, from the votes added up: a signal on any rank, or the time window."""
-    window = s.limit[1] if s.limit else "time window"
+    window = s.loop.limit[1] if s.loop.limit else "time window"
     return next((why for why, n in zip((*STOP_SIGNALS, window), votes, strict=True) if n), None)
 
 
 def guard(s: Session, info: StepInfo) -> str | None:
     """Why the model can no longer be trusted, or None."""
-    if s.bad_in_row >= s.cfg.bad_step_limit:
-        return f"{s.bad_in_row} steps in a row with a non-finite loss or gradient (updates skipped)"
-    if s.bad_in_row and info.iteration >= s.cfg.max_iters:
-        return f"the last {s.bad_in_row} steps of the run had a non-finite loss or gradient"
+    if s.loop.bad_in_row >= s.cfg.bad_step_limit:
+        return f"{s.loop.bad_in_row} steps in a row with a non-finite loss or gradient (updates skipped)"
+    if s.loop.bad_in_row and info.iteration >= s.cfg.max_iters:
+        return f"the last {s.loop.bad_in_row} steps of the run had a non-finite loss or gradient"
     if info.val_loss is not None and not math.isfinite(info.val_loss):
         return f"val loss {info.val_loss}"
     return None
@@ -255,36 +263,23 @@ def rollback(s: Session, why: str) -> None:
     rollback_limit of these with no good checkpoint between them, end the run (exit 1)."""
     cfg, st = s.cfg, s.state
     it, found = st.iteration, None
-    if s.rollbacks_in_row < cfg.rollback_limit:
+    if s.loop.rollbacks_in_row < cfg.rollback_limit:
         found = dist.from_rank0(lambda: checkpoint.load_latest(s.run.ckpt))
-    s.log.write("rollback" if found else "diverged", iteration=it, reason=why, rollbacks=s.rollbacks_in_row)
+    s.log.write("rollback" if found else "diverged", iteration=it, reason=why, rollbacks=s.loop.rollbacks_in_row)
     advice = f"lower lr (now {cfg.lr:g}) or raise warmup_iters, or check the data ({cfg.data})"
-    if found is None and s.rollbacks_in_row == 0:
+    if found is None and s.loop.rollbacks_in_row == 0:
         raise Failure(f"training diverged at iteration {it} ({why}) before any checkpoint to go back to; {advice}")
     if found is None:
         kept = checkpoint.latest_seal(s.run.ckpt)
-        raise Failure(f"training diverged: {why} at iteration {it}, and {s.rollbacks_in_row} roll-backs to the "
+        raise Failure(f"training diverged: {why} at iteration {it}, and {s.loop.rollbacks_in_row} roll-backs to the "
                       f"newest good checkpoint did not help; {advice}. The checkpoints on disk are whole and finite "
                       f"(newest: {kept['file'] if kept else 'none'})")
     saved, path = found
     st.roll_back_to(checkpoint.restore(saved, s.model, s.optimizer, s.scaler, s.device))
-    s.bad_in_row, s.rollbacks_in_row = 0, s.rollbacks_in_row + 1
+    s.loop.bad_in_row, s.loop.rollbacks_in_row = 0, s.loop.rollbacks_in_row + 1
     if s.world.writer:
         print(f"warning: {why} at iteration {it}; rolled back to {path.name} (iteration {st.iteration}), past the "
-              f"batches that went bad ({s.rollbacks_in_row} of {cfg.rollback_limit})", file=sys.stderr, flush=True)
-
-
-def lr_at(it: int, cfg: Config) -> float:
-    """Linear warmup, then cosine decay to min_lr at max_iters; or (schedule wsd) warmup, flat at
-    lr, and a linear warmdown to min_lr over the last warmdown_frac of max_iters."""
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    if cfg.schedule == "wsd":
-        left = (cfg.max_iters - it) / max(1.0, cfg.warmdown_frac * cfg.max_iters)
-        return cfg.lr if left >= 1 else cfg.min_lr + max(0.0, left) * (cfg.lr - cfg.min_lr)
-    span = max(1, cfg.max_iters - cfg.warmup_iters)
-    progress = min(1.0, (it - cfg.warmup_iters) / span)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+              f"batches that went bad ({s.loop.rollbacks_in_row} of {cfg.rollback_limit})", file=sys.stderr, flush=True)
 
 
 def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Session:
@@ -347,46 +342,6 @@ def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.
     return data, loader, val, pick_precision(device, cfg.dtype)
 
 
-def resume_point(cfg: Config, run: RunDir, fingerprint: str) -> tuple[dict[str, Any], Path] | None:
-    """On rank 0: the newest whole checkpoint (on the CPU: restoring copies it to the device; under
-    torchrun rank 0 hands it to the other ranks), unless it cannot be continued faithfully, or
-    checkpoints are there and none loads; then the run's first write, its settings."""
-    clean_temporaries(run.ckpt)
-    resumed = checkpoint.load_latest(run.ckpt)
-    if resumed:
-        refuse_incompatible(resumed[0], cfg, fingerprint)
-    run.write_config(cfg.to_dict())
-    run.clear_done()  # max_iters was raised past a finished run: carry on
-    return resumed
-
-
-def same_data(data: Dataset, rank0_fingerprint: str) -> None:
-    """Every machine of the job must train on the same dataset as rank 0's."""
-    if data.fingerprint != rank0_fingerprint:
-        raise ConfigError(f"data: {data.path} here (fingerprint {data.fingerprint}) is not the dataset of rank 0 "
-                          f"(fingerprint {rank0_fingerprint}); prepare the same dataset on every machine")
-
-
-def refuse_incompatible(saved: dict[str, Any], cfg: Config, fingerprint: str) -> None:
-    """A checkpoint of another model shape, seed or dataset cannot be continued faithfully. An
-    imported one (job import-nanogpt) has no data order to keep: only the model's shape must match."""
-    old, imported = saved["config"], checkpoint.is_imported(saved)
-    keys = [k for k in SHAPE_KEYS if not (imported and k == "seed")]
-    diffs = [f"{k} {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
-    # the optimizer and the model's function; a checkpoint from before recipes is a nanogpt one
-    recipe = [k for k in RECIPE_KEYS if not (imported and k == "optimizer")]
-    diffs += [f"{k} {old.get(k, LEGACY[k])!r} -> {getattr(cfg, k)!r}" for k in recipe
-              if old.get(k, LEGACY[k]) != getattr(cfg, k)]
-    if not imported and saved["data_fingerprint"] != fingerprint:
-        diffs.append(f"data {old.get('data')!r} (fingerprint {saved['data_fingerprint']}) -> {cfg.data!r} "
-                     f"({fingerprint})")
-    if diffs:
-        was = old.get("recipe", "nanogpt")
-        hint = f"--recipe {was} to continue it, or " if was != cfg.recipe else ""
-        raise ConfigError(f"resume refused, run '{cfg.run_name}' was started with other settings: "
-                          f"{'; '.join(diffs)}. Use {hint}--fresh to start over (the old run is kept) or a new --run")
-
-
 def announce(s: Session, resumed_from: Path | None) -> None:
     """Tell the log, the hooks and the terminal what is starting."""
     cfg, st = s.cfg, s.state
@@ -420,17 +375,17 @@ def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
     and power are the whole job's: MFU over the peak of all its GPUs)."""
     cfg, st, gpus = s.cfg, s.state, s.world.size
     st.account(cfg.tokens_per_iter, step_s, step.joules, step.skipped)
-    s.bad_in_row = s.bad_in_row + 1 if step.skipped else 0
+    s.loop.bad_in_row = s.loop.bad_in_row + 1 if step.skipped else 0
     # the first steps carry compile and warm-up; the average forgets them quickly
-    s.ema_step_s = step_s if s.ema_step_s is None else 0.9 * s.ema_step_s + 0.1 * step_s
+    s.loop.ema_step_s = step_s if s.loop.ema_step_s is None else 0.9 * s.loop.ema_step_s + 0.1 * step_s
     board_w = s.card.board_w * gpus if s.card and s.card.board_w else None
-    ahead = forecast(cfg, st.iteration, s.ema_step_s, st.energy_j, st.elapsed_s, board_w)
+    ahead = forecast(cfg, st.iteration, s.loop.ema_step_s, st.energy_j, st.elapsed_s, board_w)
     achieved = flops_per_token(cfg)["total"] * cfg.tokens_per_iter / step_s
     return StepInfo(
         iteration=st.iteration, max_iters=cfg.max_iters, train_loss=step.loss, lr=lr, grad_norm=step.grad_norm,
         step_s=step_s, tokens_per_s=cfg.tokens_per_iter / step_s, mfu=achieved / (s.peak * gpus) if s.peak else None,
         eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=step.skipped,
-        smoothed_step_s=s.ema_step_s, planned_stop_at=s.limit[0] if s.limit else None,
+        smoothed_step_s=s.loop.ema_step_s, planned_stop_at=s.loop.limit[0] if s.loop.limit else None,
     )
 
 
@@ -449,7 +404,7 @@ def save_checkpoint(s: Session, info: StepInfo) -> str | None:
     trouble, seconds = dist.from_rank0(lambda: write_checkpoint(s))
     if trouble is None:
         info.checkpoint_s = seconds
-        s.rollbacks_in_row = 0  # a newer good checkpoint: progress since the last roll-back
+        s.loop.rollbacks_in_row = 0  # a newer good checkpoint: progress since the last roll-back
     return trouble
 
 

@@ -21,7 +21,7 @@ from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, kil
 from job import optim
 from job.config import Config, resolve
 from job.model import build_model
-from job.train import lr_at
+from job.optim import lr_at
 
 # today's `tiny` preset as main resolved it (job/config.py at 6a06be1), the settings it had then
 MAIN_TINY = dict(n_layer=4, n_head=4, n_embd=96, block_size=64, batch_size=16, grad_accum=1, max_iters=800,

@@ -29,7 +29,8 @@ import torch
 from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job
 
 from job.data.dataset import open_dataset
-from job.data.loader import LoaderState, TrainLoader
+from job.data.loader import TrainLoader
+from job.state import LoaderState
 
 RUN = "s"
 ITERS = 15

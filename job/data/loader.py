@@ -14,19 +14,13 @@ same at any number of processes.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from job.data.shards import ShardError, open_shard
 from job.errors import ConfigError
-
-
-@dataclass
-class LoaderState:
-    epoch: int = 0
-    cursor: int = 0  # windows of this epoch already handed out
+from job.state import LoaderState
 
 
 class Windows:

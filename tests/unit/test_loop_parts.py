@@ -13,14 +13,14 @@ import torch
 
 from job import checkpoint
 from job.config import Config
-from job.data.loader import LoaderState, TrainLoader
+from job.data.loader import TrainLoader
 from job.data.shards import write_shard
 from job.errors import ConfigError
 from job.fileio import atomic_open, clean_temporaries
 from job.model import build_model
-from job.state import TrainState
+from job.optim import lr_at
+from job.state import LoaderState, TrainState
 from job.stopping import deadline, reached
-from job.train import lr_at
 from job.units import parse_clock, parse_count, parse_duration
 
 # ---- learning-rate schedule -----------------------------------------------------------------------

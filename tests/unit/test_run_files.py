@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from job.data.loader import LoaderState
 from job.rundir import RunDir, RunLocked
-from job.state import TrainState
+from job.state import LoaderState, TrainState
 
 
 def test_train_state_round_trips_and_its_summary_leaves_the_loader_out():
