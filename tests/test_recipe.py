@@ -167,3 +167,32 @@ def test_bench_recipe_quick_prints_the_table_and_writes_it(tmp_path):
     assert [r["recipe"] for r in rows] == ["nanogpt", "modern"]
     assert all(math.isfinite(r["final_val"]) and r["final_tokens"] > 0 for r in rows)
     assert rows[0]["token_ratio"] == pytest.approx(1.0)  # nanogpt reaches its own final loss at its end
+
+
+def ns_fp32(x: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """The same quintic Newton-Schulz in float32 throughout: what bf16 approximates."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    tall = x.size(-2) > x.size(-1)
+    x = (x.mT if tall else x) / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+def test_the_compiled_stack_orthogonalises_as_well_as_the_eager_one():
+    """What a CUDA run with compile on steps through: torch.compile of job/muon.py's Newton-Schulz
+    (compiled here by inductor for the CPU). Inductor fuses the scalar arithmetic and rounds to bf16
+    in other places, and five iterations amplify that, so it is held to the float32 iteration as
+    the eager stack is: no further from it than twice the eager one's distance."""
+    from job.muon import newton_schulz
+
+    compiled = torch.compile(newton_schulz)
+    g = torch.Generator().manual_seed(0)
+    for shape in ((4, 32, 128), (4, 96, 32)):
+        x = torch.randn(shape, generator=g)
+        exact, eager, comp = ns_fp32(x), newton_schulz(x).float(), compiled(x).float()
+        assert comp.shape == eager.shape == shape
+        assert (comp - exact).abs().max() <= 2 * (eager - exact).abs().max(), shape
+        s = torch.linalg.svdvals(comp)  # orthogonal-ish, as torch's Muon leaves it: about (0.5, 1.5)
+        assert 0.3 < s.min() and s.max() < 1.6, s
