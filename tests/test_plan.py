@@ -211,3 +211,14 @@ def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
     for preset_args in (["--preset", "tiny"], ["--preset", "gpt2-40m", "--max-iters", "10"]):
         p = plan_json(*preset_args, "--gpu", "rtx-4070", "--data-root", str(shakespeare.parent), cwd=tmp_path)
         assert p["tokens"]["epochs"] <= 4 and p["tokens"]["warning"] is None, p["tokens"]
+
+
+def test_the_compiled_step_is_planned_at_what_an_h200_measured(tmp_path):
+    """gpt2-40m, modern, bf16, compiled, 16 x 1024: the H200's allocator peaked at 5.49 GB
+    (scripts/gpu_check.sh, torch 2.11); the plan's tensors (its total less the workspace outside
+    the allocator) must be within 10% of it."""
+    p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--dtype", "bfloat16", "--compile", "--dataset-tokens",
+                  "1e9", cwd=tmp_path)
+    m = p["memory"]
+    assert p["config"]["recipe"] == "modern" and (p["config"]["batch_size"], p["config"]["compile"]) == (16, True)
+    assert abs((m["total"] - m["workspace"]) / 5.49e9 - 1) <= 0.10, m
