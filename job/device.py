@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -126,6 +127,27 @@ def configure(device: torch.device, deterministic: bool = False) -> None:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+COMPILE_CACHE = "TORCHINDUCTOR_CACHE_DIR"  # inductor's cache; Triton's lives inside it unless TRITON_CACHE_DIR is set
+
+
+def use_compile_cache(out_dir: str | Path) -> Path:
+    """Where torch.compile keeps what it compiled (inductor's FX graphs, AOTAutograd's, Triton's
+    kernels): the user's TORCHINDUCTOR_CACHE_DIR, else out_dir/.cache/torch. Its default,
+    /tmp/torchinductor_<user>, dies with a `--rm` container, so every restart by cron or docker
+    compiled from scratch (25 s on an H200, minutes on a home CPU); out_dir is the volume every
+    launcher mounts, so the cache outlives the process and the container. Set before the first
+    compile; torchrun's ranks share it (inductor locks its entries)."""
+    return Path(os.environ.setdefault(COMPILE_CACHE, str(Path(out_dir).resolve() / ".cache" / "torch")))
+
+
+def compile_cache_counts() -> dict[str, int]:
+    """FX graphs this process took from the compile cache, and compiled anew, so far."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"cache_hits": int(inductor["fxgraph_cache_hit"]), "compiled": int(inductor["fxgraph_cache_miss"])}
 
 
 def seed_step(device: torch.device, seed: int) -> None:

@@ -19,6 +19,7 @@ so training is the same computation at any number of processes, up to the order 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,17 @@ from job.data.dataset import Dataset, open_dataset
 from job.data.epochs import check_epochs, epochs_warning
 from job.data.epochs import shown as epochs_shown
 from job.data.loader import TrainLoader, val_batches
-from job.device import Precision, configure, pick_device, pick_precision, seed_step, to_device
+from job.device import (
+    COMPILE_CACHE,
+    Precision,
+    compile_cache_counts,
+    configure,
+    pick_device,
+    pick_precision,
+    seed_step,
+    to_device,
+    use_compile_cache,
+)
 from job.errors import EXIT_DONE, EXIT_STOPPED, Failure
 from job.evaluate import evaluate
 from job.flops import flops_per_token, forecast
@@ -297,6 +308,8 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     if device.type == "cuda" and cfg.memory_check:
         dist.agreed(lambda: check_fit(cfg, prec.dtype.itemsize, torch.cuda.mem_get_info(device)[0],
                                       torch.cuda.get_device_name(device)))
+    if cfg.compile:
+        use_compile_cache(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
     optimizer = optim.build(model, cfg, device.type)
@@ -374,6 +387,8 @@ def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
     """Count one finished step into the run's totals, and say what it achieved (throughput, MFU
     and power are the whole job's: MFU over the peak of all its GPUs)."""
     cfg, st, gpus = s.cfg, s.state, s.world.size
+    if s.loop.ema_step_s is None and cfg.compile:
+        say_compiled(s, step_s)
     st.account(cfg.tokens_per_iter, step_s, step.joules, step.skipped)
     s.loop.bad_in_row = s.loop.bad_in_row + 1 if step.skipped else 0
     # the first steps carry compile and warm-up; the average forgets them quickly
@@ -387,6 +402,17 @@ def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
         eta_s=ahead["eta_s"], state=st, predicted_energy_j=ahead["predicted_energy_j"], skipped=step.skipped,
         smoothed_step_s=s.loop.ema_step_s, planned_stop_at=s.loop.limit[0] if s.loop.limit else None,
     )
+
+
+def say_compiled(s: Session, step_s: float) -> None:
+    """After this start's first step, with compile on: its seconds, and how much of the compiling
+    the cache (job/device.py, use_compile_cache) saved, in the log and once on the terminal."""
+    counts = compile_cache_counts()
+    s.log.write("compiled", iteration=s.state.iteration + 1, seconds=round(step_s, 3), **counts,
+                cache=os.environ.get(COMPILE_CACHE, ""))
+    if s.world.writer:
+        print(f"first step took {step_s:.1f} s with compiling: {counts['cache_hits']} graphs from the cache in "
+              f"{os.environ.get(COMPILE_CACHE, '')}, {counts['compiled']} compiled", flush=True)
 
 
 def log_step(s: Session, i: StepInfo) -> None:

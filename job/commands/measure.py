@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_leaves
 
 from job import optim
 from job.config import Config
-from job.device import configure, pick_device, pick_precision
+from job.device import configure, pick_device, pick_precision, use_compile_cache
 from job.model import GPT, build_model
 
 
@@ -91,6 +91,8 @@ def measure_steps(cfg: Config, warmup: int = 2, steps: int = 3) -> dict[str, Any
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.to_dict()).to(device)
     optimizer = optim.build(model, cfg, device.type)
+    if cfg.compile:
+        use_compile_cache(cfg.out_dir)
     step_model = torch.compile(model) if cfg.compile else model
     shape = (cfg.batch_size, cfg.block_size)
 
