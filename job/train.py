@@ -347,7 +347,8 @@ def compiled(model: torch.nn.Module, on: bool) -> torch.nn.Module:
 def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.ndarray], Precision]:
     """This process's dataset, train batches, fixed val batches, device and precision."""
     data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
-    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab)
+    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab,
+                         per_iteration=cfg.grad_accum)
     val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
     check_epochs(cfg.run_name, run_tokens(cfg), data.tokens("train"), data.path, cfg.max_epochs)
     device = pick_device(cfg.device)

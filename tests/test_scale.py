@@ -158,7 +158,8 @@ def windows(data: Path, positions: dict[int, dict]) -> dict[int, list[list[int]]
     """The window indices iteration i trained on, a function of the loader's position after the
     iteration before it (logged with every step, or the checkpoint's)."""
     loader = TrainLoader(open_dataset(str(data), data, 32, 50304, False).files("train"), 32, 4, seed=1337)
-    return {i + 1: [w.tolist() for w in loader.peek(4, LoaderState(**pos))] for i, pos in positions.items()}
+    return {i + 1: [w.tolist() for w in loader.peek(4, LoaderState(**pos), per_iteration=4)]
+            for i, pos in positions.items()}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,12 @@ next-token targets). Each epoch visits every window once, in a permutation drawn
 (seed, epoch). The loader's whole state is (epoch, cursor): saved in a checkpoint and restored,
 the next batch is exactly the one an uninterrupted run would have drawn.
 
+An iteration takes the next batch_size x grad_accum windows of the permutation, and never spans
+two epochs: when the rest of an epoch is shorter than an iteration it is dropped. So what an
+iteration trains on depends on the position and the sequences per iteration alone, not on how
+they are cut into micro-batches: a run resumed on another card with another micro-batch (the
+`auto_batch` setting) trains each iteration on the same windows, in other groups.
+
 The state is global: with several processes (job/dist.py) each one advances it past every batch
 of the iteration and fetches only its own share (`skip` over the others'), so together they draw
 exactly the batches one process would have drawn, and the state, a checkpoint's included, is the
@@ -51,12 +57,16 @@ class Windows:
 
 class TrainLoader:
     def __init__(self, files: list[Path], block_size: int, batch_size: int, seed: int,
-                 state: LoaderState | None = None, vocab: int = 2**16):
+                 state: LoaderState | None = None, vocab: int = 2**16, per_iteration: int = 1):
         self.windows = Windows(files, block_size, vocab)
         if self.windows.count < batch_size:
             raise ConfigError(f"batch_size: {batch_size} is larger than the train split, which has "
                               f"{self.windows.count} windows of {block_size + 1} tokens; use batch_size <= "
                               f"{self.windows.count}, a smaller block_size, or more data")
+        if self.windows.count < batch_size * per_iteration:
+            raise ConfigError(f"grad_accum: an iteration of {batch_size} x {per_iteration} sequences is more than the "
+                              f"train split's {self.windows.count} windows of {block_size + 1} tokens; use fewer "
+                              f"sequences per iteration, a smaller block_size, or more data")
         self.batch_size, self.seed = batch_size, seed
         self.state = state or LoaderState()
         self._order_epoch, self._order = -1, np.empty(0, dtype=np.int64)
@@ -67,11 +77,14 @@ class TrainLoader:
             self._order, self._order_epoch = rng.permutation(self.windows.count), epoch
         return self._order
 
-    def _advance(self, st: LoaderState) -> tuple[int, int]:
-        """(epoch, first position) of the next batch in `st`, which moves past it; a batch never
-        spans two epochs, the last partial one of an epoch is dropped."""
-        if st.cursor + self.batch_size > self.windows.count:
+    def _begin(self, st: LoaderState, batches: int) -> None:
+        """An iteration of `batches` micro-batches starts at `st`: in the next epoch, if what is
+        left of this one is shorter (the rest is dropped)."""
+        if st.cursor + batches * self.batch_size > self.windows.count:
             st.epoch, st.cursor = st.epoch + 1, 0
+
+    def _advance(self, st: LoaderState) -> tuple[int, int]:
+        """(epoch, first position) of the next batch of the iteration begun in `st`, which moves past it."""
         st.cursor += self.batch_size
         return st.epoch, st.cursor - self.batch_size
 
@@ -79,7 +92,11 @@ class TrainLoader:
         return np.sort(self._permutation(epoch)[start: start + self.batch_size])
 
     def next_rows(self) -> np.ndarray:
-        """The next batch as (batch, block_size + 1) token ids."""
+        """The next batch, an iteration of one, as (batch, block_size + 1) token ids."""
+        self._begin(self.state, 1)
+        return self._fetch()
+
+    def _fetch(self) -> np.ndarray:
         return self.windows.fetch(self._picks(*self._advance(self.state)))
 
     def skip(self, batches: int) -> None:
@@ -92,16 +109,23 @@ class TrainLoader:
         batches / size of them. Once all are taken, the state has moved past every one of the
         `batches`, on every rank alike."""
         mine = batches // size
+        self._begin(self.state, batches)
         self.skip(rank * mine)
         for _ in range(mine):
-            yield self.next_rows()
+            yield self._fetch()
         self.skip((size - 1 - rank) * mine)
 
-    def peek(self, batches: int, state: LoaderState | None = None) -> list[np.ndarray]:
+    def peek(self, batches: int, state: LoaderState | None = None, per_iteration: int = 1) -> list[np.ndarray]:
         """The window indices of the next `batches` batches from `state` (default: the loader's
-        own), without moving it: which text a run trains on after a given position."""
+        own), taken in iterations of `per_iteration`, without moving it: which text a run trains on
+        after a given position."""
         st = LoaderState(**vars(state or self.state))
-        return [self._picks(*self._advance(st)) for _ in range(batches)]
+        picks = []
+        for i in range(batches):
+            if i % per_iteration == 0:
+                self._begin(st, per_iteration)
+            picks.append(self._picks(*self._advance(st)))
+        return picks
 
 
 def val_batches(files: list[Path], block_size: int, batch_size: int, n_batches: int,

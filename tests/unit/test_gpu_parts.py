@@ -148,8 +148,10 @@ def test_the_training_forward_returns_no_logits():
 # ---- the memory check, bf16, card names -----------------------------------------------------------
 
 def test_a_run_that_will_not_fit_the_card_is_refused_with_the_batch_that_would():
-    cfg = resolve({"preset": "gpt2-124m"}, environ={}, dotenv=None)
+    # gpt2-124m at twice its micro-batch; at its own 16 x 1024 it fits (the next line's scenario too)
+    cfg = resolve({"preset": "gpt2-124m", "batch_size": 32, "grad_accum": 16}, environ={}, dotenv=None)
     free = 11.6e9  # an RTX 4070's 12 GB less the desktop's share
+    check_fit(resolve({"preset": "gpt2-124m"}, environ={}, dotenv=None), 2, free, "RTX 4070")
     with pytest.raises(ConfigError) as e:
         check_fit(cfg, 2, free, "NVIDIA GeForce RTX 4070")
     message = str(e.value)

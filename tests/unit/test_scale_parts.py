@@ -21,6 +21,7 @@ from job.data.loader import TrainLoader
 from job.data.shards import write_shard
 from job.device import seed_step
 from job.errors import ConfigError
+from job.state import LoaderState
 from job.stopping import StopFlag
 from job.train import micro_seed
 
@@ -34,16 +35,33 @@ def shard(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("size", [1, 2, 4])
 def test_the_ranks_take_disjoint_shares_that_are_the_batches_of_one_process(shard: Path, size: int):
-    accum = 4  # 111 windows, 27 batches of 4 an epoch: iterations cross epoch ends
+    accum = 4  # 111 windows, 6 iterations of 4 x 4 an epoch and 15 windows dropped: several epoch ends
     one = TrainLoader([shard], block_size=9, batch_size=4, seed=7)
     ranks = [TrainLoader([shard], block_size=9, batch_size=4, seed=7) for _ in range(size)]
     for _ in range(20):
-        expected = [one.next_rows() for _ in range(accum)]
+        expected = list(one.share(0, 1, accum))
         shares = [list(r.share(rank, size, accum)) for rank, r in enumerate(ranks)]
         assert all(len(s) == accum // size for s in shares)
         assert all(np.array_equal(a, b) for a, b in zip(expected, [b for s in shares for b in s], strict=True))
         assert all(vars(r.state) == vars(one.state) for r in ranks)  # the global position, on every rank
     assert one.state.epoch >= 2
+
+
+def test_an_iteration_trains_on_the_same_windows_however_it_is_cut_into_micro_batches(shard: Path):
+    """4 x 4 or 8 x 2 or 16 x 1: the same 16 windows an iteration, from any position the other
+    left (a resume on another card, where auto_batch picks another micro-batch); never across an
+    epoch's end."""
+    cuts = {b: TrainLoader([shard], block_size=9, batch_size=b, seed=7, per_iteration=16 // b) for b in (4, 8, 16)}
+    for it in range(20):
+        if it == 9:  # stop at 4 x 4, resume every cut from its position
+            for b in (8, 16):
+                cuts[b].state = LoaderState(**vars(cuts[4].state))
+        taken = {b: np.concatenate(list(loader.share(0, 1, 16 // b)))[:, 0] // 9 for b, loader in cuts.items()}
+        assert len(taken[4]) == 16 and len(set(taken[4].tolist())) == 16
+        if it >= 9 or it == 0:
+            assert all(sorted(t.tolist()) == sorted(taken[4].tolist()) for t in taken.values()), it
+        assert len({loader.state.cursor for loader in cuts.values()}) == 1 or it < 9
+    assert cuts[4].state.epoch >= 2 and cuts[4].state.cursor % 16 == 0
 
 
 def test_peek_names_the_windows_of_the_next_batches_without_moving(shard: Path):
@@ -53,6 +71,9 @@ def test_peek_names_the_windows_of_the_next_batches_without_moving(shard: Path):
     loader.peek(5)
     assert vars(loader.state) == before
     rows = [loader.next_rows() for _ in range(30)]
+    assert all(np.array_equal(r[:, 0] // 9, w) for r, w in zip(rows, ahead, strict=True))
+    ahead = loader.peek(30, per_iteration=3)  # in iterations of 3: the epoch ends where share's do
+    rows = [r for _ in range(10) for r in loader.share(0, 1, 3)]
     assert all(np.array_equal(r[:, 0] // 9, w) for r, w in zip(rows, ahead, strict=True))
 
 
