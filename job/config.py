@@ -57,6 +57,7 @@ class Config:
     loss_chunk: int = setting(0, "fuse head and loss over this many rows at a time (0: full logits)")
     batch_size: int = setting(16, "micro-batch, in sequences", "Batch and schedule")
     grad_accum: int = setting(1, "micro-batches per iteration, split over the processes")
+    auto_batch: bool = setting(False, "on CUDA, the largest micro-batch that fits, same sequences per iteration")
     max_iters: int = setting(1000, "iterations to train; DONE is written after the last")
     max_epochs: float = setting(100.0, "refuse a run that sees its training tokens more times than this (0: off)")
     lr: float = setting(1e-3, "peak learning rate of AdamW (with muon: embeddings, head, norms)")
@@ -157,13 +158,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-40m": dict(
         n_layer=12, n_head=6, n_embd=384, block_size=1024, batch_size=16, grad_accum=32,
         max_iters=20000, eval_interval=500, eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
-        recipe="modern",
+        recipe="modern", auto_batch=True,
     ),
     # GPT-2 small as OpenAI released it; nanoGPT's reproduction settings.
     "gpt2-124m": dict(
         n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=16, grad_accum=32,
         max_iters=20000, eval_interval=500, eval_iters=40, log_interval=10, ckpt_interval=500, compile=True,
-        recipe="modern",
+        recipe="modern", auto_batch=True,
     ),
 }
 

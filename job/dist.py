@@ -235,6 +235,17 @@ def agreed(fn: Callable[[], T]) -> T:
     raise _rebuild(code, f"rank {rank}: {message}" if rank else message)
 
 
+def smallest(value: int) -> int:
+    """The smallest of the ranks' values (each rank's own card may allow another micro-batch)."""
+    if not _world.distributed:
+        return value
+    import torch.distributed as tdist
+
+    values: list[Any] = [None] * _world.size
+    tdist.all_gather_object(values, value)
+    return min(values)
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """`t` summed over the ranks, in place (on the rank's device: NCCL reduces on the GPU)."""
     if _world.distributed:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from job import checkpoint, dist, optim
+from job import checkpoint, dist, microbatch, optim
 from job.config import Config
 from job.data.dataset import Dataset, open_dataset
 from job.data.epochs import check_epochs, epochs_warning
@@ -56,7 +56,7 @@ from job.model import GPT, build_model
 from job.ownership import already_done
 from job.resume import resume_point, same_data
 from job.rundir import NullLog, RunDir, RunLog
-from job.state import TrainState
+from job.state import LoaderState, TrainState
 from job.stopping import StopFlag, deadline, reached
 from job.units import human_count, human_duration
 
@@ -299,8 +299,10 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
     its own machine's data, and rank 0 alone reads and writes the run: every rank restores the
     checkpoint it read."""
     world = dist.current()
-    data, loader, val, prec = dist.agreed(lambda: open_data(cfg, verify))
+    data, val, prec = dist.agreed(lambda: open_data(cfg, verify))
     device = prec.device
+    cfg, why_batch = planned_micro_batch(cfg, prec, world)
+    loader = dist.agreed(lambda: train_loader(data, cfg))
     data_of_rank0 = dist.from_rank0(lambda: data.fingerprint)
     dist.agreed(lambda: same_data(data, data_of_rank0))
     resumed = dist.from_rank0(lambda: resume_point(cfg, run, data.fingerprint))
@@ -329,7 +331,8 @@ def setup(cfg: Config, hooks: RunHooks, run: RunDir, verify: bool = False) -> Se
         scaler=scaler, loader=loader, val=val, state=state, log=run.open_log() if world.writer else NullLog(),
         hooks=hooks, card=card, peak=peak_flops(card, cfg.peak_tflops), world=world,
     )
-    announce(s, resumed_from)
+    why_batch = confirmed_micro_batch(s, why_batch)
+    announce(s, resumed_from, why_batch)
     return s
 
 
@@ -344,19 +347,70 @@ def compiled(model: torch.nn.Module, on: bool) -> torch.nn.Module:
     return torch.compile(model) if on else model
 
 
-def open_data(cfg: Config, verify: bool) -> tuple[Dataset, TrainLoader, list[np.ndarray], Precision]:
-    """This process's dataset, train batches, fixed val batches, device and precision."""
+def open_data(cfg: Config, verify: bool) -> tuple[Dataset, list[np.ndarray], Precision]:
+    """This process's dataset, fixed val batches (of the settings' batch_size, whatever micro-batch
+    training takes: the same text on every card), device and precision."""
     data = open_dataset(cfg.data, cfg.data_dir, cfg.block_size, cfg.vocab_size, verify)
-    loader = TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, vocab=data.n_vocab,
-                         per_iteration=cfg.grad_accum)
+    train_loader(data, cfg)  # a batch or an iteration the split cannot hold is said before the epochs
     val = val_batches(data.files("val"), cfg.block_size, cfg.batch_size, cfg.eval_iters, data.n_vocab)
     check_epochs(cfg.run_name, run_tokens(cfg), data.tokens("train"), data.path, cfg.max_epochs)
     device = pick_device(cfg.device)
     configure(device, cfg.deterministic)
-    return data, loader, val, pick_precision(device, cfg.dtype)
+    return data, val, pick_precision(device, cfg.dtype)
 
 
-def announce(s: Session, resumed_from: Path | None) -> None:
+def train_loader(data: Dataset, cfg: Config, state: LoaderState | None = None) -> TrainLoader:
+    """Micro-batches of cfg's batch_size, grad_accum of them an iteration, from `state`."""
+    return TrainLoader(data.files("train"), cfg.block_size, cfg.batch_size, cfg.seed, state=state,
+                       vocab=data.n_vocab, per_iteration=cfg.grad_accum)
+
+
+def planned_micro_batch(cfg: Config, prec: Precision, world: dist.World) -> tuple[Config, str]:
+    """With auto_batch on a CUDA card: the largest micro-batch job/memory.py fits on it (the
+    smallest any rank's card allows); otherwise the settings' own."""
+    if not cfg.auto_batch or prec.device.type != "cuda":
+        return cfg, ""
+    free = torch.cuda.mem_get_info(prec.device)[0]
+    chosen, why = microbatch.choose(cfg, prec.dtype.itemsize, free, world.size)
+    b = dist.smallest(chosen.batch_size)
+    return microbatch.with_micro_batch(cfg, b), why if b == chosen.batch_size else "auto_batch: another rank's card"
+
+
+def confirmed_micro_batch(s: Session, why: str) -> str:
+    """With auto_batch on a CUDA card, one real forward and backward at the planned micro-batch,
+    stepping down on running out of memory (every rank then takes the smallest that ran); the
+    loader is cut anew, the run's config.json rewritten. Returns why, as the start line says it."""
+    if not why:
+        return why
+    cfg = s.cfg
+    tried, failed = microbatch.confirm(cfg, lambda b: try_micro_step(s, b), s.world.size,
+                                       torch.cuda.OutOfMemoryError)
+    b = dist.smallest(tried.batch_size)
+    if failed:
+        why += f"; {', '.join(map(str, failed))} ran out of memory when tried"
+    if b != tried.batch_size:
+        why += "; another rank's card took less"
+    if b != cfg.batch_size:
+        s.cfg = microbatch.with_micro_batch(cfg, b)
+        s.loader = train_loader(s.data, s.cfg, s.loader.state)
+    dist.from_rank0(lambda: s.run.write_config({**s.cfg.to_dict(), "micro_batch": why}))
+    return why
+
+
+def try_micro_step(s: Session, b: int) -> None:
+    """One forward and backward of b sequences as training runs them (compiled, under autocast),
+    that changes nothing: no gradient kept, no random stream moved, no all-reduce."""
+    x = torch.zeros((b, s.cfg.block_size), dtype=torch.long, device=s.device)
+    with torch.random.fork_rng(devices=[s.device]), dist.sync_grads(s.step_model, last=False):
+        with s.prec.autocast():
+            _, loss = s.step_model(x, x)
+        loss.backward()
+    s.model.zero_grad(set_to_none=True)
+    del x, loss
+    torch.cuda.empty_cache()
+
+
+def announce(s: Session, resumed_from: Path | None, why_batch: str = "") -> None:
     """Tell the log, the hooks and the terminal what is starting."""
     cfg, st = s.cfg, s.state
     seal = dist.from_rank0(lambda: checkpoint.read_seal(resumed_from) if resumed_from else None)
@@ -374,7 +428,8 @@ def announce(s: Session, resumed_from: Path | None) -> None:
     on = f"{s.world.size} processes (DDP, {s.device.type})" if s.world.distributed else str(s.device)
     train_tokens = s.data.tokens("train")
     print(f"run '{cfg.run_name}': {where}; {info.params / 1e6:.2f}M params on {on} ({s.prec.name}, {s.prec.why}), "
-          f"{cfg.tokens_per_iter:,} tokens/iter, {cfg.max_iters:,} iterations, "
+          f"{cfg.tokens_per_iter:,} tokens/iter ({cfg.batch_size} x {cfg.block_size} x {cfg.grad_accum}"
+          f"{f'; {why_batch}' if why_batch else ''}), {cfg.max_iters:,} iterations, "
           f"{epochs_shown(run_tokens(cfg) / train_tokens)} epochs of {human_count(train_tokens)} training tokens",
           flush=True)
     if (warning := epochs_warning(cfg.run_name, run_tokens(cfg), train_tokens, s.data.path)) and s.world.writer:

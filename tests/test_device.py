@@ -9,6 +9,7 @@ on the right card, means every device query, setting and check on the way passed
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -173,3 +174,15 @@ def test_the_gpu_checks_own_command_lines_start_on_the_card(monkeypatch, shakesp
     (work / "runs" / "t").symlink_to(cpu_run, target_is_directory=True)
     device, output = walk(monkeypatch, gpu_check_commands(shakespeare, work)[row], card=H200)
     assert device == torch.device("cuda", 0), output
+
+
+@pytest.mark.parametrize("card, micro_batch", [(H200, 64), (RTX_4070, 16)], ids=["H200", "RTX 4070"])
+def test_auto_batch_plans_the_largest_micro_batch_the_card_holds(monkeypatch, shakespeare, tmp_path, card, micro_batch):
+    """gpt2-40m's 512 sequences an iteration: the cap (64 x 1024) on an H200's 139 GB, the preset's
+    16 on a 12 GB card; config.json says which before the first tensor reaches the card."""
+    flags = ["--preset", "gpt2-40m", "--data", str(shakespeare), "--out-dir", str(tmp_path / "runs"),
+             "--metrics-port", "0", "--max-iters", "10"]
+    device, output = walk(monkeypatch, ["train", *flags], card=card)
+    assert device == torch.device("cuda", 0), output
+    saved = json.loads((tmp_path / "runs" / "gpt2-40m" / "config.json").read_text())
+    assert (saved["batch_size"], saved["grad_accum"]) == (micro_batch, 512 // micro_batch) and saved["auto_batch"]

@@ -22,6 +22,10 @@ from conftest import (
     wait_for,
 )
 
+from job.data.dataset import open_dataset
+from job.data.loader import TrainLoader
+from job.state import LoaderState
+
 RUN = "r"
 
 
@@ -206,3 +210,28 @@ def test_a_batch_larger_than_the_train_split_exits_2_with_one_line(small_env):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: batch_size: 100000 is larger than the train split")
     assert not (Path(small_env["JOB_OUT_DIR"]) / RUN / "config.json").exists(), "refused after writing"
+
+
+def test_a_resume_cut_into_other_micro_batches_trains_each_iteration_on_the_same_windows(small_env):
+    """What a resume on another card does under auto_batch, with the cuts set by hand on this CPU:
+    stopped at micro-batch 4 x accum 4, resumed at 8 x 2; every iteration trains on the windows an
+    uninterrupted 4 x 4 run trains on (the loader's positions agree, and the windows after them)."""
+    env = {**small_env, "JOB_BATCH_SIZE": "4", "JOB_GRAD_ACCUM": "4", "JOB_MAX_ITERS": "12"}
+    out = Path(small_env["JOB_OUT_DIR"])
+    assert run_job(["train", "--run", "ref"], cwd=ROOT, env=env).returncode == 0
+    assert run_job(["train", "--run", "cut", "--max-iters", "5"], cwd=ROOT, env=env).returncode == 0
+    res = run_job(["train", "--run", "cut", "--batch-size", "8", "--grad-accum", "2"], cwd=ROOT, env=env)
+    assert res.returncode == 0 and "(8 x 32 x 2)" in res.stdout, res.stdout + res.stderr
+    positions = {name: {r["iteration"]: r["loader"] for r in read_log(out / name) if r["event"] == "step"}
+                 for name in ("ref", "cut")}
+    assert positions["cut"] == positions["ref"] and len(positions["ref"]) == 12
+    data = Path(small_env["JOB_DATA"])
+    files = open_dataset(str(data), data, 32, 50304).files("train")
+
+    def windows(b: int, accum: int) -> dict[int, list[int]]:
+        """The windows each iteration after a logged position takes, cut into b x accum."""
+        loader = TrainLoader(files, 32, b, seed=1337, per_iteration=accum)
+        return {i: sorted(w for batch in loader.peek(accum, LoaderState(**pos), accum) for w in batch.tolist())
+                for i, pos in positions["ref"].items()}
+
+    assert windows(4, 4) == windows(8, 2)
