@@ -42,16 +42,17 @@ def with_micro_batch(cfg: Config, b: int) -> Config:
     return dataclasses.replace(cfg, batch_size=b, grad_accum=cfg.batch_size * cfg.grad_accum // b)
 
 
-def choose(cfg: Config, c: int, free_bytes: float, processes: int) -> tuple[Config, str]:
-    """The settings with auto_batch's micro-batch for a card with `free_bytes` free, and why;
-    when none fits, the settings as they are (the memory check then says what would)."""
+def choose(cfg: Config, c: int, free_bytes: float, processes: int, what: str = "free") -> tuple[Config, str]:
+    """The settings with auto_batch's micro-batch for a card with `free_bytes` free (`what` says
+    which bytes: free, or the card's whole memory where `job plan` plans for it), and why; when
+    none fits, the settings as they are (the memory check then says what would)."""
     budget = (1 - MARGIN) * free_bytes
     for b in candidates(cfg, processes):
         if memory(with_micro_batch(cfg, b), c, on_gpu=True)["total"] <= budget:
-            why = (f"auto_batch: the largest that fits {free_bytes / 1e9:.1f} GB free with {MARGIN:.0%} to spare, "
+            why = (f"auto_batch: the largest that fits {free_bytes / 1e9:.1f} GB {what} with {MARGIN:.0%} to spare, "
                    f"at most {CAP_TOKENS:,} tokens")
             return with_micro_batch(cfg, b), why
-    return cfg, f"auto_batch: no micro-batch fits {free_bytes / 1e9:.1f} GB free; batch_size as set"
+    return cfg, f"auto_batch: no micro-batch fits {free_bytes / 1e9:.1f} GB {what}; batch_size as set"
 
 
 def confirm(cfg: Config, try_step: Callable[[int], None], processes: int,

@@ -217,8 +217,19 @@ def test_the_compiled_step_is_planned_at_what_an_h200_measured(tmp_path):
     """gpt2-40m, modern, bf16, compiled, 16 x 1024: the H200's allocator peaked at 5.49 GB
     (scripts/gpu_check.sh, torch 2.11); the plan's tensors (its total less the workspace outside
     the allocator) must be within 10% of it."""
-    p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--dtype", "bfloat16", "--compile", "--dataset-tokens",
-                  "1e9", cwd=tmp_path)
+    p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--dtype", "bfloat16", "--compile", "--no-auto-batch",
+                  "--dataset-tokens", "1e9", cwd=tmp_path)
     m = p["memory"]
     assert p["config"]["recipe"] == "modern" and (p["config"]["batch_size"], p["config"]["compile"]) == (16, True)
     assert abs((m["total"] - m["workspace"]) / 5.49e9 - 1) <= 0.10, m
+
+
+def test_plan_plans_at_the_micro_batch_auto_batch_takes_on_the_card(tmp_path):
+    """The GPU presets' auto_batch: job plan's memory is that of the micro-batch job train would
+    take on the card (64 x 1024 on an H200, the preset's 16 on a 12 GB RTX 4070), tokens unchanged."""
+    for gpu, b in (("h200", 64), ("rtx-4070", 16)):
+        p = plan_json("--preset", "gpt2-40m", "--gpu", gpu, "--dataset-tokens", "1e10", cwd=tmp_path)
+        assert (p["config"]["batch_size"], p["config"]["grad_accum"]) == (b, 512 // b), gpu
+        assert p["tokens"]["per_iter"] == 524_288 and "auto_batch: the largest that fits" in p["memory"]["micro_batch"]
+    p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--no-auto-batch", "--dataset-tokens", "1e10", cwd=tmp_path)
+    assert (p["config"]["batch_size"], p["memory"]["micro_batch"]) == (16, "")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from job import microbatch
 from job.config import Config
 from job.data.dataset import EMBEDDED
 from job.data.epochs import epochs_warning
@@ -109,6 +110,14 @@ def run_flops(cfg: Config, tokens: float) -> dict[str, Any]:
     return fl
 
 
+def micro_batch_for(cfg: Config, c: int, on_gpu: bool, capacity: float | None) -> tuple[Config, str]:
+    """With auto_batch on a card of known size, the micro-batch `job train` would plan there
+    (job/microbatch.py; the card's whole memory standing in for its free memory); else cfg's."""
+    if not (cfg.auto_batch and on_gpu and capacity):
+        return cfg, ""
+    return microbatch.choose(cfg, c, capacity, cfg.processes, "on the card")
+
+
 def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = None,
               mfus: tuple[float, ...] = DEFAULT_MFUS, measure: bool = False,
               watts: float | None = None, efficiency: float = DEFAULT_SCALING) -> dict[str, Any]:
@@ -123,14 +132,14 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
     watts = watts or card.board_w
     on_gpu = card.key != "cpu"
     dtype, c = compute_bytes(cfg, on_gpu)
+    capacity = memory_gb * 1e9 if memory_gb else None
+    cfg, micro_why = micro_batch_for(cfg, c, on_gpu, capacity)
     scale = scaling(cfg, efficiency)
     speedup, cards = scale["gpus"] * scale["efficiency"], scale["gpus"]
 
     tokens_total = cfg.tokens_per_iter * cfg.max_iters
-    if dataset_tokens is not None:
-        data_tokens, data_from = dataset_tokens, "--dataset-tokens"
-    else:
-        data_tokens, data_from = dataset_tokens_from_manifest(cfg)
+    data_tokens, data_from = ((dataset_tokens, "--dataset-tokens") if dataset_tokens is not None
+                              else dataset_tokens_from_manifest(cfg))
     fl = run_flops(cfg, tokens_total)
     flops_iter = fl["per_token"] * cfg.tokens_per_iter + fl["optimizer_per_iter"]
     all_watts = watts * cards if watts else None
@@ -148,7 +157,6 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         measured.update(time_row(flops_iter, fl["total"], achieved, all_watts, cfg, mfu))
 
     mem = memory(cfg, c, on_gpu)
-    capacity = memory_gb * 1e9 if memory_gb else None
     fits = capacity is None or mem["total"] <= capacity
     fit = largest_fit(cfg, c, on_gpu, capacity) if capacity else None
     return {
@@ -165,7 +173,7 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         "scaling": scale,
         "time": rows,
         "measured": measured,
-        "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits,
+        "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits, "micro_batch": micro_why,
                    "max_micro_batch": fit[0] if fit else None, "grad_accum_at_max": fit[1] if fit else None},
         "energy": {"price_per_kwh": cfg.price_per_kwh, "currency": cfg.currency, "note": WALL_NOTE},
     }
@@ -219,7 +227,8 @@ def render(p: dict[str, Any]) -> str:
     if not rows:
         lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
     lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
-              f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"]
+              f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"
+              + (f" ({m['micro_batch']})" if m["micro_batch"] else "")]
     for k in ("weights", "weight_copies", "grads", "adamw", "muon", "activations", "logits", "grad_buckets",
               "workspace", "total"):
         lines.append(f"  {k:12}{_gb(m[k]):>12}")
