@@ -209,9 +209,11 @@ def status(
     Example: job status tiny --json
     """
     from job.commands.status import render, run_status
+    from job.cost import run_prices
+    from job.rundir import RunDir
 
     cfg = settings_for(run, out_dir)
-    report = run_status(cfg.run_dir, cfg.price_per_kwh, cfg.currency)
+    report = run_status(cfg.run_dir, run_prices(RunDir(cfg.run_dir).read_config(), cfg))
     typer.echo(json.dumps(report, indent=2) if as_json else render(report))
 
 

@@ -93,7 +93,8 @@ class Config:
     max_runtime: str = setting("", "checkpoint and exit 75 after this long, e.g. 8h30m (empty: no limit)")
     stop_at: str = setting("", "checkpoint and exit 75 at this local time, HH:MM[:SS] (empty: never)")
     price_per_kwh: float = setting(0.17, "electricity price per kWh, for the cost")
-    currency: str = setting("USD", "the price's currency, as shown")
+    price_per_gpu_hour: float = setting(0.0, "rent of one GPU for an hour, added to the cost (0: your own card)")
+    currency: str = setting("USD", "the prices' currency, as shown")
     nproc: int = setting(1, "processes on this machine, one per GPU (torchrun above 1)", "Several GPUs and machines")
     nnodes: int = setting(1, "machines in the job; above 1, start the same job train on each")
     rdzv_endpoint: str = setting("", "host:port where the machines meet (c10d rendezvous), for nnodes > 1")
@@ -383,6 +384,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.metrics_port <= 65535, f"metrics_port: must be 0 (off) or 1-65535, got {cfg.metrics_port}")
     _check(cfg.peak_tflops >= 0, f"peak_tflops: must be >= 0 (0 = the card's own), got {cfg.peak_tflops}")
     _check(cfg.price_per_kwh >= 0, f"price_per_kwh: must be >= 0, got {cfg.price_per_kwh}")
+    _check(cfg.price_per_gpu_hour >= 0, f"price_per_gpu_hour: must be >= 0 (0 = your own card), "
+                                        f"got {cfg.price_per_gpu_hour}")
     _check(cfg.dtype in ("auto", "float32", "bfloat16", "float16"),
            f"dtype: '{cfg.dtype}' is not one of auto, float32, bfloat16, float16")
     check_device(cfg.device)

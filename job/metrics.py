@@ -41,6 +41,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from job.config import Config
+from job.cost import JOULES_PER_KWH, Prices, cost
 from job.errors import ConfigError
 from job.hooks import RunHooks, StartInfo, StepInfo
 from job.state import TrainState
@@ -67,9 +68,6 @@ REASONS = {
     "hw_power_brake_slowdown": "nvmlClocksEventReasonHwPowerBrakeSlowdown",
     "display_clock_setting": "nvmlClocksEventReasonDisplayClockSetting",
 }
-
-
-JOULES_PER_KWH = 3.6e6
 
 
 def log(message: str) -> None:
@@ -136,6 +134,13 @@ class TrainingMetrics:
             "exit 75 (max_runtime, stop_at; Unix time); absent when neither is set", r)
         self.price = Gauge("trainer_energy_price_per_joule", "Electricity price per joule (price_per_kwh / 3.6e6), "
                            "in the label's currency", ["currency"], registry=r)
+        self.rent = Gauge("trainer_gpu_rent_per_second", "Rent of one GPU per second (price_per_gpu_hour / 3600; "
+                          "0: your own card), in the label's currency", ["currency"], registry=r)
+        self.run_gpu_seconds = Gauge("trainer_run_gpu_seconds", "GPU-seconds of the run: training wall time x "
+                                     "the job's GPUs (across restarts)", registry=r)
+        self.run_cost = OptionalGauge("trainer_run_cost", "What the run cost so far, in the prices' currency "
+                                      "(their label): electricity (where energy is measured) plus rent; absent "
+                                      "when neither is known", r)
         self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
         self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
                                "the gradient was not finite", registry=r)
@@ -157,6 +162,7 @@ class TrainingMetrics:
         self.start.set(time.time())
         self.target.set(info.max_iters)
         self.price.labels(self.cfg.currency).set(self.cfg.price_per_kwh / JOULES_PER_KWH)
+        self.rent.labels(self.cfg.currency).set(self.cfg.price_per_gpu_hour / 3600)
         self.set_totals(info.state)
         if info.checkpoint_saved_at is not None:  # the checkpoint this start resumed from
             self.last_ckpt.set(info.checkpoint_saved_at)
@@ -168,9 +174,12 @@ class TrainingMetrics:
         self.iteration.set(st.iteration)
         self.run_tokens.set(st.tokens)
         self.run_seconds.set(st.elapsed_s)
+        self.run_gpu_seconds.set(st.gpu_s)
         self.restarts.set(st.restarts)
         if self.run_energy is not None:
             self.run_energy.set(st.energy_j)
+        if self.run_energy is not None or self.cfg.price_per_gpu_hour:
+            self.run_cost.set(cost(st.energy_j, st.gpu_s, Prices.of(self.cfg))["cost"])
 
     def on_step(self, i: StepInfo) -> None:
         now = time.time()

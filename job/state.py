@@ -26,6 +26,7 @@ class TrainState:
     tokens: int = 0  # tokens trained on
     elapsed_s: float = 0.0  # training wall time, across restarts
     energy_j: float = 0.0  # GPU energy, across restarts (0 where nothing measures it)
+    gpu_s: float = 0.0  # GPU-seconds: training wall time x the job's GPUs (processes), across restarts
     restarts: int = 0  # times the run was resumed from a checkpoint
     skipped_steps: int = 0  # steps whose loss or gradients were not finite: no update made
     rollbacks: int = 0  # times the model went back to the newest good checkpoint
@@ -49,11 +50,12 @@ class TrainState:
         """The figures a person reads (no loader position): the seal, `DONE`, the log, `job status`."""
         return {k: v for k, v in asdict(self).items() if k != "loader"}
 
-    def account(self, tokens: int, seconds: float, joules: float, skipped: bool = False) -> None:
-        """One step done (its update skipped when its loss or gradients were not finite)."""
+    def account(self, tokens: int, seconds: float, joules: float, skipped: bool = False, gpus: int = 1) -> None:
+        """One step done on `gpus` GPUs (its update skipped when its loss or gradients were not finite)."""
         self.iteration += 1
         self.tokens += tokens
         self.elapsed_s += seconds
+        self.gpu_s += seconds * gpus
         self.energy_j += joules
         self.skipped_steps += skipped
 

@@ -445,7 +445,7 @@ def account(s: Session, lr: float, step: Step, step_s: float) -> StepInfo:
     cfg, st, gpus = s.cfg, s.state, s.world.size
     if s.loop.ema_step_s is None and cfg.compile:
         say_compiled(s, step_s)
-    st.account(cfg.tokens_per_iter, step_s, step.joules, step.skipped)
+    st.account(cfg.tokens_per_iter, step_s, step.joules, step.skipped, gpus)
     s.loop.bad_in_row = s.loop.bad_in_row + 1 if step.skipped else 0
     # the first steps carry compile and warm-up; the average forgets them quickly
     s.loop.ema_step_s = step_s if s.loop.ema_step_s is None else 0.9 * s.loop.ema_step_s + 0.1 * step_s

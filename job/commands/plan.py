@@ -22,6 +22,7 @@ from typing import Any
 
 from job import microbatch
 from job.config import Config
+from job.cost import JOULES_PER_KWH, Prices, cost
 from job.data.dataset import EMBEDDED
 from job.data.epochs import epochs_warning
 from job.data.epochs import shown as epochs_shown
@@ -85,10 +86,15 @@ def dataset_tokens_from_manifest(cfg: Config) -> tuple[float | None, str]:
 
 def time_row(flops_iter: float, flops_total: float, achieved: float, watts: float | None,
              cfg: Config, mfu: float | None) -> dict[str, Any]:
+    """One line of the plan's time table: hours, energy, and the money (electricity and rent) at
+    this achieved rate; energy and electricity None where the card's power is not known."""
     hours = flops_total / achieved / 3600
     kwh = watts * hours / 1000 if watts else None
+    money = cost((kwh or 0.0) * JOULES_PER_KWH, hours * 3600 * cfg.processes, Prices.of(cfg))
     return {"mfu": mfu, "s_per_iter": flops_iter / achieved, "hours": hours, "energy_kwh": kwh,
-            "cost": kwh * cfg.price_per_kwh if kwh is not None else None}
+            "gpu_hours": hours * cfg.processes, "energy_cost": money["energy_cost"] if kwh is not None else None,
+            "rent_cost": money["rent_cost"],
+            "cost": money["cost"] if kwh is not None or cfg.price_per_gpu_hour else None}
 
 
 def scaling(cfg: Config, efficiency: float) -> dict[str, Any]:
@@ -175,7 +181,8 @@ def make_plan(cfg: Config, gpu: str = "auto", dataset_tokens: float | None = Non
         "measured": measured,
         "memory": {"dtype": dtype, **mem, "capacity": capacity, "fits": fits, "micro_batch": micro_why,
                    "max_micro_batch": fit[0] if fit else None, "grad_accum_at_max": fit[1] if fit else None},
-        "energy": {"price_per_kwh": cfg.price_per_kwh, "currency": cfg.currency, "note": WALL_NOTE},
+        "energy": {"price_per_kwh": cfg.price_per_kwh, "price_per_gpu_hour": cfg.price_per_gpu_hour,
+                   "currency": cfg.currency, "note": WALL_NOTE},
     }
 
 
@@ -185,6 +192,22 @@ def _gb(n: float | None) -> str:
 
 def _num(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def time_table(rows: list[dict[str, Any]], measured: dict[str, Any] | None, e: dict[str, Any]) -> list[str]:
+    """The time rows as lines: electricity and, on a rented card, the rent beside it, then the sum."""
+    if not rows:
+        return []
+    money = ["power", "rent", "cost"] if e["price_per_gpu_hour"] else ["cost"]
+    out = [f"{'time':14}{'MFU':>8}{'s/iter':>10}{'hours':>9}{'kWh':>9}" + "".join(f"{m:>14}" for m in money)]
+    keys = {"power": "energy_cost", "rent": "rent_cost", "cost": "cost"}
+    for r in rows:
+        label = "  measured" if r is measured else ""
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        cells = ["-" if r[keys[m]] is None else f"{r[keys[m]]:,.2f} {e['currency']}" for m in money]
+        out.append(f"{label:14}{mfu:>8}{r['s_per_iter']:>10.2f}{r['hours']:>9.1f}"
+                   f"{_num(r['energy_kwh'], '.2f'):>9}" + "".join(f"{c:>14}" for c in cells))
+    return out
 
 
 def render(p: dict[str, Any]) -> str:
@@ -216,17 +239,12 @@ def render(p: dict[str, Any]) -> str:
                      f"time / ({sc['gpus']} x {sc['efficiency']:g} scaling efficiency, assumed), energy of all "
                      f"cards; all-reduce {_gb(sc['allreduce_bytes_per_gpu'])} per GPU per iter")
     rows = [*p["time"], *([p["measured"]] if p["measured"] else [])]
-    if rows:
-        lines.append(f"{'time':14}{'MFU':>8}{'s/iter':>10}{'hours':>9}{'kWh':>9}{'cost':>10}")
-    for r in rows:
-        label = "  measured" if r is p["measured"] else ""
-        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        cost = "-" if r["cost"] is None else f"{r['cost']:.2f} {e['currency']}"
-        lines.append(f"{label:14}{mfu:>8}{r['s_per_iter']:>10.2f}{r['hours']:>9.1f}"
-                     f"{_num(r['energy_kwh'], '.2f'):>9}{cost:>10}")
+    lines += time_table(rows, p["measured"], e)
     if not rows:
         lines.append("time          - (no peak known for this device: give --peak-tflops, or --measure)")
-    lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh",
+    rent = (f"; rent {e['price_per_gpu_hour']} {e['currency']} per GPU-hour x {sc['gpus']} GPU"
+            f"{'s' if sc['gpus'] > 1 else ''}" if e["price_per_gpu_hour"] else "")
+    lines += [f"energy        {e['note']}; price {e['price_per_kwh']} {e['currency']}/kWh{rent}",
               f"memory        peak of one micro-step of {cfg['batch_size']} in {m['dtype']}, per card"
               + (f" ({m['micro_batch']})" if m["micro_batch"] else "")]
     for k in ("weights", "weight_copies", "grads", "adamw", "muon", "activations", "logits", "grad_buckets",

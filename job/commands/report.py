@@ -20,6 +20,7 @@ from job.commands.plot import draw
 from job.commands.status import run_status
 from job.commands.timeline import Timeline, timeline
 from job.config import Config
+from job.cost import Prices, run_prices
 from job.fileio import atomic_write_bytes
 from job.rundir import RunDir
 from job.units import human_count, human_duration
@@ -34,9 +35,9 @@ def best_checkpoint(run: RunDir) -> dict[str, Any] | None:
         if best else None
 
 
-def summary(run_dir: Path, t: Timeline, price_per_kwh: float, currency: str) -> dict[str, Any]:
+def summary(run_dir: Path, t: Timeline, prices: Prices) -> dict[str, Any]:
     """`job status`'s figures, in hours and kWh as well, and the best checkpoint."""
-    st = run_status(run_dir, price_per_kwh, currency)
+    st = run_status(run_dir, prices)
     best = best_checkpoint(RunDir(run_dir))
     return {**st, "hours": st["elapsed_s"] / 3600, "stops": sum(1 for e, _ in t.marks if e == "stop"),
             "best_checkpoint": best["path"] if best else None, "best_val_loss": best["val_loss"] if best else None,
@@ -51,7 +52,8 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join([
         f"run '{s['run']}' ({state}): iteration {s['iteration']:,} of {s['max_iters']:,}, "
         f"{human_count(s['tokens'])} tokens in {s['hours']:.2f} hours of training ({human_duration(s['elapsed_s'])})",
-        f"energy {s['energy_kwh']:.3f} kWh, cost {s['cost']:.2f} {s['currency']}; {s['restarts']} restarts, "
+        f"energy {s['energy_kwh']:.3f} kWh, cost {s['cost']:.2f} {s['currency']} (electricity {s['energy_cost']:.2f}, "
+        f"rent {s['rent_cost']:.2f} for {s['gpu_hours']:.2f} GPU-hours); {s['restarts']} restarts, "
         f"{s['stops']} early stops, {s['rollbacks']} roll-backs",
         f"final loss: train {f(s['train_loss'])}, val {f(s['val_loss'])}; best checkpoint "
         f"{s['best_checkpoint'] or '-'} (val {f(s['best_val_loss'])})",
@@ -61,11 +63,11 @@ def render(s: dict[str, Any]) -> str:
 
 def make_report(cfg: Config, out: Path | None = None) -> dict[str, Any]:
     """Draw the PNG (default runs/<run>/report.png, written atomically) and return the summary;
-    the price per kWh is the one `job status` uses (cfg's)."""
+    the prices are the ones `job status` uses (job/cost.py, run_prices)."""
     run_dir = cfg.run_dir
     run = RunDir(run_dir)
     t = timeline(run.records())
-    s = summary(run_dir, t, cfg.price_per_kwh, cfg.currency)
+    s = summary(run_dir, t, run_prices(run.read_config(), cfg))
     png = out or run.report_path
     buf = io.BytesIO()
     draw(t, s, buf)

@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from job import checkpoint
+from job.cost import Prices, cost
 from job.errors import ConfigError
 from job.rundir import RunDir
 from job.state import TrainState
 from job.units import human_count, human_duration
 
 
-def run_status(run_dir: Path, price_per_kwh: float, currency: str) -> dict[str, Any]:
+def run_status(run_dir: Path, prices: Prices) -> dict[str, Any]:
+    """Where the run stands, and what it cost so far at `prices` (the settings of this command,
+    as `job train` would resolve them: the env file's price is today's)."""
     run = RunDir(run_dir)
     cfg = run.read_config()
     if cfg is None:
@@ -24,6 +27,8 @@ def run_status(run_dir: Path, price_per_kwh: float, currency: str) -> dict[str, 
     # the newer of the last logged step and the last checkpoint (a log line may be cut by a kill)
     state = max([TrainState.from_state_dict(step), TrainState.from_state_dict(seal or {})], key=lambda t: t.iteration)
     done = run.read_done() is not None
+    processes = int(cfg.get("nproc", 1)) * int(cfg.get("nnodes", 1))
+    gpu_s = state.gpu_s or state.elapsed_s * processes  # a run from before gpu_s was counted
     return {
         "run": run.name,
         "iteration": state.iteration,
@@ -37,8 +42,8 @@ def run_status(run_dir: Path, price_per_kwh: float, currency: str) -> dict[str, 
         "eta_s": 0.0 if done else step.get("eta_s"),
         "energy_j": state.energy_j,
         "energy_kwh": state.energy_j / 3.6e6,
-        "cost": round(state.energy_j / 3.6e6 * price_per_kwh, 4),
-        "currency": currency,
+        "gpu_hours": gpu_s / 3600,
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in cost(state.energy_j, gpu_s, prices).items()},
         "restarts": state.restarts,
         "skipped_steps": state.skipped_steps,
         "rollbacks": state.rollbacks,
@@ -60,7 +65,8 @@ def render(r: dict[str, Any]) -> str:
         f"tokens         {human_count(r['tokens'])} at {fmt(r['tokens_per_s'], ',.0f')} tokens/s",
         f"time           {human_duration(r['elapsed_s'])} trained, ETA "
         f"{human_duration(r['eta_s']) if r['eta_s'] is not None else '-'}",
-        f"energy         {r['energy_kwh']:.3f} kWh, {r['cost']:.2f} {r['currency']}",
+        f"cost           {r['cost']:.2f} {r['currency']}: electricity {r['energy_cost']:.2f} "
+        f"({r['energy_kwh']:.3f} kWh), rent {r['rent_cost']:.2f} ({r['gpu_hours']:.2f} GPU-hours)",
         f"checkpoint     {r['last_checkpoint'] or '-'}"
         + (f" ({human_duration(r['last_checkpoint_age_s'])} ago)" if r["last_checkpoint"] else ""),
         f"restarts       {r['restarts']}",
