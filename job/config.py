@@ -83,6 +83,8 @@ class Config:
     eval_interval: int = setting(100, "iterations between val-loss evals", "Bookkeeping")
     eval_iters: int = setting(20, "batches per val-loss eval")
     log_interval: int = setting(10, "iterations between log lines")
+    sample_tokens: int = setting(48, "tokens of text sampled and printed at each eval (0: none)")
+    sample_prompt: str = setting("", "the text those samples continue (empty: a new document)")
     ckpt_interval: int = setting(100, "iterations between checkpoints")
     keep_ckpts: int = setting(3, "checkpoints kept, at least 2")
     metrics_port: int = setting(9838, "Prometheus metrics port (0: off; docs/monitoring.md, Ports)",
@@ -378,6 +380,7 @@ def validate(cfg: Config) -> None:
     validate_recipe(cfg)
     _check(0 <= cfg.dropout < 1, f"dropout: must be in [0, 1), got {cfg.dropout}")
     _check(cfg.loss_chunk >= 0, f"loss_chunk: must be >= 0 (0 = full logits), got {cfg.loss_chunk}")
+    _check(cfg.sample_tokens >= 0, f"sample_tokens: must be >= 0 (0 = no samples), got {cfg.sample_tokens}")
     _check(cfg.rollback_limit >= 0, f"rollback_limit: must be >= 0 (0 = end the run at once), got {cfg.rollback_limit}")
     _check(cfg.keep_ckpts >= 2,
            f"keep_ckpts: must be >= 2 so a corrupt newest checkpoint has a fallback, got {cfg.keep_ckpts}")

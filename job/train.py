@@ -58,6 +58,7 @@ from job.resume import resume_point, same_data
 from job.rundir import NullLog, RunDir, RunLog
 from job.state import LoaderState, TrainState
 from job.stopping import StopFlag, deadline, reached
+from job.tokenizer import get_encoding
 from job.units import human_count, human_duration
 
 STOP_SIGNALS = ("SIGTERM", "SIGINT")  # the stop votes a step adds up, then the time window's
@@ -156,6 +157,7 @@ def run_loop(s: Session) -> int:
             # evaluate on the fixed val batches
             if it % cfg.eval_interval == 0 or it == cfg.max_iters:
                 info.val_loss = st.val_loss = timed_eval(s)
+                info.sample = timed_sample(s)
             # log: a record in log.jsonl and a line on the terminal (every skipped step too)
             if it % cfg.log_interval == 0 or it in (1, cfg.max_iters) or step.skipped:
                 log_step(s, info)
@@ -193,6 +195,30 @@ def timed_eval(s: Session) -> float:
     if first and s.cfg.compile and s.world.writer:
         print(f"first evaluation took {seconds:.1f} s (compiling its graph once; later ones reuse it)", flush=True)
     return loss
+
+
+def timed_sample(s: Session) -> str | None:
+    """sample_tokens of text continuing sample_prompt, from the model as it is now (rank 0; the
+    same seed every time, so the samples read as the model's progress, not as luck); printed,
+    logged with its seconds, and handed to the observers. No random stream of training is drawn
+    from, so a resumed run trains exactly as one never stopped."""
+    if not (s.cfg.sample_tokens and s.world.writer):
+        return None
+    t0 = time.time()
+    enc = get_encoding()
+    ids = enc.encode(s.cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
+    x = torch.tensor([ids], dtype=torch.long, device=s.device)
+    s.model.eval()
+    with torch.no_grad(), s.prec.autocast():
+        out = s.model.generate(x, s.cfg.sample_tokens, temperature=0.8, top_k=200, n_vocab=enc.n_vocab,
+                               generator=torch.Generator(device=s.device).manual_seed(s.cfg.seed))
+    s.model.train()
+    text = enc.decode(out[0, len(ids):].tolist())
+    seconds = time.time() - t0
+    s.log.write("sample", iteration=s.state.iteration, prompt=s.cfg.sample_prompt, text=text,
+                seconds=round(seconds, 3))
+    print(f"sample at iteration {s.state.iteration} ({seconds:.1f} s): {s.cfg.sample_prompt}{text}", flush=True)
+    return text
 
 
 def time_window(s: Session) -> tuple[float, str] | None:
