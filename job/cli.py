@@ -23,7 +23,7 @@ from job.helptext import Command, Group, settings_help
 from job.stopping import stop_before_work
 
 app = typer.Typer(
-    cls=Group, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    cls=Group, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Train a small GPT overnight on your own GPU, and know what it costs.",
 )
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import typer
@@ -101,3 +104,24 @@ def test_no_bracketed_help_text_is_eaten(command):
     for b in bracketed:
         assert " ".join(b.split()) in text, f"{command or 'job'} --help dropped {b!r}"
     assert "<bool>" not in text
+
+
+def test_the_shell_completes_commands_and_every_setting_flag():
+    """Shell completion is on: the `job` script completes a command and a setting's flag, as bash
+    asks it to (what `job --install-completion` sets up), and prints its bash script."""
+    job = Path(sys.executable).with_name("job")
+    assert job.is_file(), "the venv has no `job` script: pip install -e . made it"
+
+    def complete(words: str) -> list[str]:
+        env = {**job_env(), "_JOB_COMPLETE": "complete_bash", "COMP_WORDS": words,
+               "COMP_CWORD": str(len(words.split()) - 1)}
+        res = subprocess.run([str(job)], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.split()
+
+    assert complete("job tr") == ["train"]
+    assert complete("job train --max-it") == ["--max-iters"]
+    assert "--price-per-gpu-hour" in complete("job plan --price")
+    script = subprocess.run([str(job), "--show-completion", "bash"], env=job_env(), capture_output=True, text=True,
+                            timeout=60)
+    assert script.returncode == 0 and "_job_completion" in script.stdout and "complete " in script.stdout
