@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1,
                 1.1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.25, 3.5, 3.75, 4, 4.5, 5, 6, 7.5, 10, 15, 20, 30, 45, 60,
                 120, 300)
+STALL_FLOOR_S = 300.0  # the healthcheck never calls a trainer stalled sooner than this after its last step
 CKPT_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 
 # NVML's clock-event (throttle) reason bits, by the name the dashboard shows.
@@ -129,6 +130,15 @@ class TrainingMetrics:
         self.ckpt_interval = OptionalGauge(
             "trainer_checkpoint_interval_seconds", "Expected wall time between checkpoints: ckpt_interval "
             "iterations at the smoothed step time (evaluations and the write itself not included)", r)
+        self.last_step = OptionalGauge(
+            "trainer_last_step_timestamp_seconds", "When the newest optimizer step finished, with its eval, "
+            "sample, log and checkpoint (Unix time)", r)
+        self.stall_limit = OptionalGauge(
+            "trainer_stall_limit_seconds", "How long without a step still counts as progress (the healthcheck's "
+            "limit): 3 x the longest gap between steps this process has seen (compile, evals and checkpoints "
+            "included), at least 20 steps at the smoothed step time and 5 minutes", r)
+        self._previous: float | None = None  # when the last step (or the start) was
+        self._longest_gap = 0.0
         self.planned_stop = OptionalGauge(
             "trainer_planned_stop_timestamp_seconds", "When this process stops on purpose, checkpointed, with "
             "exit 75 (max_runtime, stop_at; Unix time); absent when neither is set", r)
@@ -160,6 +170,7 @@ class TrainingMetrics:
         values = {label: getattr(info, k) for k, label in labels.items()}
         self.info.info({label: "" if v is None else str(v) for label, v in values.items()})
         self.start.set(time.time())
+        self._previous = time.time()
         self.target.set(info.max_iters)
         self.price.labels(self.cfg.currency).set(self.cfg.price_per_kwh / JOULES_PER_KWH)
         self.rent.labels(self.cfg.currency).set(self.cfg.price_per_gpu_hour / 3600)
@@ -202,6 +213,15 @@ class TrainingMetrics:
         if i.checkpoint_s is not None:
             self.ckpt.observe(i.checkpoint_s)
             self.last_ckpt.set(now)
+        self.progress(now, i.smoothed_step_s)
+
+    def progress(self, now: float, smoothed_step_s: float | None) -> None:
+        """A step is done: when, and how long a stretch without the next one is still normal."""
+        if self._previous is not None:
+            self._longest_gap = max(self._longest_gap, now - self._previous)
+        self._previous = now
+        self.last_step.set(now)
+        self.stall_limit.set(max(STALL_FLOOR_S, 3 * self._longest_gap, 20 * (smoothed_step_s or 0.0)))
 
 
 class GpuCollector:
