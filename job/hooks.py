@@ -46,6 +46,7 @@ class StepInfo:
     smoothed_step_s: float | None = None  # the step time the ETA uses (an average that forgets the first steps)
     planned_stop_at: float | None = None  # Unix time of the time window's end (max_runtime, stop_at); None: none
     sample: str | None = None  # the text sampled on this step's evaluation (rank 0, sample_tokens > 0)
+    logged: bool = False  # this step has a record in log.jsonl (log_interval, the first and last, skipped ones)
 
 
 @dataclass

@@ -498,6 +498,7 @@ def say_compiled(s: Session, step_s: float) -> None:
 
 
 def log_step(s: Session, i: StepInfo) -> None:
+    i.logged = True
     s.log.write("step", **i.state.summary(), loader=vars(i.state.loader), train_loss=i.train_loss, lr=i.lr,
                 grad_norm=i.grad_norm,
                 step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
