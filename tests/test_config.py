@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, job_env, run_job
+from harness import ROOT, job_env, run_job
 
 from job.config import PRESETS, resolve
 from job.errors import ConfigError

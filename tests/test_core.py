@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import ROOT, final_state, job_env, read_shard, run_job
+from harness import ROOT, final_state, job_env, read_shard, run_job
 
 from job.config import resolve
 from job.flops import param_counts

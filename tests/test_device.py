@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, job_env, run_job
 from cuda_stub import RTX_4070, Card, ReachedGPU, StopAtFirstAllocation, emulated_cuda
+from harness import ROOT, SMALL, job_env, run_job
 from typer.testing import CliRunner
 
 from job.cli import app

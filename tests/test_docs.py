@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from harness import ROOT
 
 from job.config import PRESETS, resolve
 from job.flops import param_counts

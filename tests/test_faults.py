@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from harness import (
     ROOT,
+    NanAt,
     assert_states_equal,
     final_state,
     job_env,
@@ -104,22 +105,6 @@ def test_nan_that_persists_rolls_back_then_ends_with_exit_1_and_no_nan_on_disk(s
     assert res.returncode == 0, res.stderr
     assert "resuming from ckpt_00000009.pt" in res.stdout
     assert np.isfinite(json.loads((run_dir / "DONE").read_text())["val_loss"])
-
-
-class NanAt(torch.nn.Module):
-    """The model, except that at the chosen optimizer steps its loss is NaN (a bad batch)."""
-
-    def __init__(self, model: torch.nn.Module, steps: set[int], grad_accum: int):
-        super().__init__()
-        self.model, self.steps, self.grad_accum, self.calls = model, steps, grad_accum, 0
-
-    def forward(self, x, y):
-        logits, loss = self.model(x, y)
-        if self.training:
-            self.calls += 1
-            if (self.calls - 1) // self.grad_accum + 1 in self.steps:
-                loss = loss * float("nan")
-        return logits, loss
 
 
 @pytest.mark.parametrize("bad_steps, rollbacks", [({14}, 0), ({14, 15, 16, 17, 18}, 1)],

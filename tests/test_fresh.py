@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from harness import ROOT
 
 TOOLS = ("prometheus", "promtool", "tini")
 NEEDED_HERE = ("make", "bash", "id")  # what make and scripts/test_tools.sh run to get as far as the check

@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from conftest import ROOT, job_env
+from harness import ROOT, job_env
 
 import job
 

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 import pytest
 import typer
-from conftest import ROOT, job_env, run_job
+from harness import ROOT, job_env, run_job
 
 from job.cli import app
 from job.config import PRESETS, Config, resolve, settings_help, settings_table

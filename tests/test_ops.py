@@ -25,11 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from conftest import final_state, job_env, read_log
+from harness import ROOT, final_state, job_env, read_log, wait_for_step
 
 from job.config import Config, coerce
 
-ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = ROOT / "scripts" / "cron-train.sh"
 RUN = "night"
 MAX_ITERS = 24
@@ -61,20 +60,6 @@ def sealed_iterations(run_dir: Path) -> list[int]:
 def wrapper(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(["bash", str(WRAPPER), *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_step(run_dir: Path, proc: subprocess.Popen, at_least: int, since: int, timeout: float = 120) -> int:
-    """Poll log.jsonl until this start (events after the first `since`) logs a step >= at_least;
-    the step seen, or -1 if proc ended first."""
-    end = time.time() + timeout
-    while time.time() < end:
-        steps = [e["iteration"] for e in read_log(run_dir)[since:] if e["event"] == "step"]
-        if steps and steps[-1] >= at_least:
-            return steps[-1]
-        if proc.poll() is not None:
-            return -1
-        time.sleep(0.02)
-    raise AssertionError(f"no step {at_least} within {timeout}s")
 
 
 def wait_group_gone(pgid: int, timeout: float = 60) -> None:
@@ -214,7 +199,7 @@ def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Pa
     run_dir = tmp_path / "runs" / RUN
     proc = subprocess.Popen(image_command(), env=tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000"),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    assert wait_for_step(run_dir, 2, proc) >= 2
     proc.send_signal(signal.SIGTERM)  # to tini, not to python
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
@@ -243,7 +228,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
     run_dir = tmp_path / "runs" / RUN
     proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    assert wait_for_step(run_dir, 2, proc) >= 2
     proc.send_signal(signal.SIGTERM)  # to tini, which passes it to python
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -254,7 +239,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
     since = len(read_log(run_dir))
     proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    assert wait_for_step(run_dir, proc, stop["iteration"] + 1, since=since) > stop["iteration"]
+    assert wait_for_step(run_dir, stop["iteration"] + 1, proc, since) > stop["iteration"]
     (job,) = children(proc.pid)
     os.kill(job, signal.SIGKILL)
     assert proc.wait(timeout=60) == 128 + signal.SIGKILL
@@ -325,7 +310,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     #    meanwhile a second invocation must leave at once and start nothing.
     first = wrapper(env)
     target = rng.randint(4, 9)  # past the first checkpoint (3), so what follows is a resume
-    assert wait_for_step(run_dir, first, target, since=0) >= target
+    assert wait_for_step(run_dir, target, first) >= target
     second = wrapper(env)
     out, err = second.communicate(timeout=30)
     assert second.returncode == 0 and out == err == ""
@@ -339,7 +324,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     # 2: `cron-train.sh --stop` (SIGTERM to the wrapper, passed on): checkpoint and exit 75.
     since = len(read_log(run_dir))
     proc = wrapper(env)
-    got = wait_for_step(run_dir, proc, sealed_iterations(run_dir)[-1] + rng.randint(1, 5), since)
+    got = wait_for_step(run_dir, sealed_iterations(run_dir)[-1] + rng.randint(1, 5), proc, since)
     assert got > 0, proc.stderr.read()
     time.sleep(rng.uniform(0, 0.3))
     assert subprocess.run(["bash", str(WRAPPER), "--stop"], env=env, timeout=30).returncode == 0

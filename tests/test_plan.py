@@ -4,14 +4,12 @@ and the one peak in training. Commands run as real `python -m job` subprocesses.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from harness import run_job
 
 from job.config import resolve
 from job.data.shards import write_manifest, write_shard
@@ -20,18 +18,9 @@ from job.measure import step_memory
 from job.memory import activation_bytes, largest_fit, logits_bytes, memory
 from job.model import GPT, GPTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
 
 def plan_json(*args: str, cwd: Path) -> dict:
-    r = job("plan", *args, "--json", cwd=cwd)
+    r = run_job(["plan", *args, "--json"], cwd=cwd)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -72,7 +61,7 @@ def test_scenario_figures_worked_by_hand(tmp_path):
     assert at40["energy_kwh"] == pytest.approx(0.2 * at40["hours"])
     assert at40["cost"] == pytest.approx(0.17 * at40["energy_kwh"])
     # the same command's table names the figures people read
-    table = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9", cwd=tmp_path)
+    table = run_job(["plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9"], cwd=tmp_path)
     assert table.returncode == 0 and "58.3 TFLOP/s" in table.stdout and "2.85" in table.stdout
 
 
@@ -97,7 +86,7 @@ def test_epochs_from_the_prepared_manifest(tmp_path):
     (["--gpu", "rtx-4070", "--batch-size", "-4"], ">= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, expected):
-    r = job("plan", *args, cwd=tmp_path)
+    r = run_job(["plan", *args], cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
@@ -177,7 +166,7 @@ def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--max-iters", "1", "--eval-iters", "1", "--log-interval", "1", "--metrics-port", "0"]
     for run, extra in (("nopeak", []), ("peak", ["--peak-tflops", "0.5"])):
-        r = job("train", *tiny, "--run", run, *extra, cwd=tmp_path)
+        r = run_job(["train", *tiny, "--run", run, *extra], cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     def step(run: str) -> dict:
         lines = (tmp_path / "runs" / run / "log.jsonl").read_text().splitlines()
@@ -194,7 +183,7 @@ def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(
     """gpt2-40m's 10.49B tokens over Shakespeare's 1.35M: about 7,757 epochs, said before the run,
     with the split's size and the command that prepares more; before the corpus exists too."""
     root = shakespeare.parent if prepared else tmp_path / "data"
-    r = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root), cwd=tmp_path)
+    r = run_job(["plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
     assert warnings == [

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, kill_9_after_checkpoint, read_log, run_job
+from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, kill_9_after_checkpoint, read_log, run_job
 
 from job import optim
 from job.config import Config, resolve

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from harness import (
     ROOT,
     assert_states_equal,
     final_state,

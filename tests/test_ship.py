@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from conftest import ROOT, SMALL, job_env, run_job, start_job
+from harness import ROOT, SMALL, free_port, job_env, run_job
 
 COMPOSE = ROOT / "grafana" / "compose.yml"
 TRAINER_PORT = 9838  # the documented default; the test below uses it as documented
@@ -145,12 +145,6 @@ def test_make_monitor_without_the_compose_plugin_says_what_to_install(tmp_path: 
 
 # ---- a trainer on the host, the shipped Prometheus config -----------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prom_query(port: int, expr: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=5) as r:
@@ -173,8 +167,9 @@ def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_conf
     settings = {**SMALL, "JOB_DATA": str(shakespeare), "JOB_OUT_DIR": str(tmp_path / "runs"),
                 "JOB_MAX_ITERS": "100000", "JOB_CKPT_INTERVAL": "1000"}
     settings.pop("JOB_METRICS_PORT")  # the documented default, as a user would run it
-    env = job_env(**settings)
-    trainer = start_job(["train", "--run", "host"], cwd=tmp_path, env=env)  # metrics settings: the defaults
+    # start_job would turn metrics off; here they are the defaults, so the process is started as a user would
+    trainer = subprocess.Popen([sys.executable, "-m", "job", "train", "--run", "host"], cwd=tmp_path,
+                               env=job_env(**settings), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline, seen = time.time() + 120, []
         while time.time() < deadline and not seen:

@@ -1,14 +1,16 @@
-"""Fast tier: the shape the code keeps — dependencies that point down, functions that fit a screen."""
+"""Fast tier: the shape the code keeps — dependencies that point down, functions that fit a screen,
+and each test helper defined once."""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from harness import ROOT
 
 MAX_LINES = 60
 
@@ -63,3 +65,28 @@ def test_every_early_ending_reaches_the_command_line_through_one_place():
     assert issubclass(WriteError, Failure) and set(ENDINGS) == {UserError, Failure, Stopped}
     cli = Path(ROOT / "job" / "cli.py").read_text()
     assert cli.count("except ENDINGS") == 1
+
+
+# Names that several files under tests/ and scripts/ define on purpose, each for its own file:
+ONE_PER_FILE = {"main"}  # each script's entry point
+
+
+def is_fixture(node: ast.FunctionDef) -> bool:
+    return any("fixture" in ast.unparse(d) for d in node.decorator_list)
+
+
+def test_no_helper_is_defined_in_two_files():
+    """A function or class at the top of a file under tests/ or scripts/ has one definition; the
+    others import it (tests/harness.py holds what the tests and scripts share). Tests and fixtures
+    do not count: pytest looks them up by name, file by file."""
+    where = defaultdict(list)
+    for path in sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                if node.name.startswith("test_") or node.name in ONE_PER_FILE or (
+                        not isinstance(node, ast.ClassDef) and is_fixture(node)):
+                    continue
+                where[node.name].append(path.relative_to(ROOT).as_posix())
+    assert where["wait_for"] == ["tests/harness.py"]  # the walk found the harness
+    twice = {name: files for name, files in where.items() if len(files) > 1}
+    assert not twice, f"defined in more than one file: {twice}"
