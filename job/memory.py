@@ -19,7 +19,7 @@ stream in fp32 (autocast leaves it there):
     fp32 copy is made, since the forward returns no logits (measured on CPU: 12·b·T·V at the peak
     in fp32 and bf16 alike; returning them kept c·b·T·V more alive into the next micro-step).
     With compile on, inductor fuses the loss and keeps only the logits and their gradient in the
-    compute dtype (2·c·b·T·V): an assumption scripts/gpu_check.sh is there to check. With
+    compute dtype (2·c·b·T·V): an assumption scripts/gpu/gpu_check.sh is there to check. With
     loss_chunk set, the fused chunked head + loss holds one chunk's logits at a time instead.
 """
 

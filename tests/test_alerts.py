@@ -120,7 +120,7 @@ def rules_test(alert: str, series: list[tuple[str, str]], minute: int, fires: bo
 def test_alert_rule(alert, series, minute, fires, tmp_path: Path):
     promtool = shutil.which("promtool")
     if not promtool:
-        pytest.fail("promtool not found: apt-get install -y prometheus (make test does this: scripts/test_tools.sh)")
+        pytest.fail("promtool not found: apt-get install -y prometheus (make test does this: tests/tools.sh)")
     spec = tmp_path / "test.yml"
     spec.write_text(rules_test(alert, series, minute, fires))
     res = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)

@@ -23,7 +23,7 @@ from job.cli import app
 from job.device import configure, pick_device, pick_precision
 from job.errors import ConfigError
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 import gpu_check  # noqa: E402
 
 H200 = Card(name="NVIDIA H200", capability=(9, 0), total_bytes=141 * 2**30, free_bytes=139 * 2**30,
@@ -152,7 +152,7 @@ def test_plan_detects_the_card_and_measures_on_it(monkeypatch, shakespeare):
 
 
 def gpu_check_commands(shakespeare: Path, work: Path) -> dict[str, list[str]]:
-    """The `job` command lines scripts/gpu_check.py runs on a GPU box, from its own helpers and shapes."""
+    """The `job` command lines scripts/gpu/gpu_check.py runs on a GPU box, from its own helpers and shapes."""
     ctx = gpu_check.Ctx(quick=False, device="cuda", work=work, deadline=float("inf"), data=shakespeare)
     on_card = ["--out-dir", str(work / "runs"), "--device", ctx.device]
     return {

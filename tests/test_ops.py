@@ -29,7 +29,7 @@ from harness import ROOT, final_state, job_env, read_log, wait_for_step
 
 from job.config import Config, coerce
 
-WRAPPER = ROOT / "scripts" / "cron-train.sh"
+WRAPPER = ROOT / "scripts" / "ops" / "cron-train.sh"
 RUN = "night"
 MAX_ITERS = 24
 
@@ -120,7 +120,7 @@ def image_command(*args: str) -> list[str]:
     cmd = exec_form("ENTRYPOINT") + (list(args) or exec_form("CMD"))
     assert cmd[:3] == ["/usr/bin/tini", "--", "python"], cmd
     tini = shutil.which("tini")
-    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
+    assert tini, "tini not found: apt-get install -y tini (make test does this: tests/tools.sh)"
     return [tini, "--", sys.executable, *cmd[3:]]
 
 
@@ -132,7 +132,7 @@ def compose_trainer_command(*args: str) -> list[str]:
     at = entry.index("python")
     assert entry[0] == "/usr/bin/tini" and entry[at - 1] == "--" and entry[at:] == exec_form("ENTRYPOINT")[2:], entry
     tini = shutil.which("tini")
-    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
+    assert tini, "tini not found: apt-get install -y tini (make test does this: tests/tools.sh)"
     return [tini, *entry[1:at], sys.executable, *entry[at + 1:], *(list(args) or trainer["command"])]
 
 
@@ -176,7 +176,7 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
         if "--from=" in m.group(1):
             continue  # from the build stage, not the context
         sources += words[:-1]
-    assert {"requirements.txt", "pyproject.toml", "job", "scripts/healthcheck.py"} <= set(sources)
+    assert {"requirements.txt", "pyproject.toml", "job", "scripts/ops/healthcheck.py"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
         assert not dockerignored(src, rules), f"Dockerfile copies {src}, but .dockerignore leaves it out"
@@ -248,7 +248,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
 def test_healthcheck_probes_the_metrics_endpoint() -> None:
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-    script = [sys.executable, str(ROOT / "scripts" / "healthcheck.py")]
+    script = [sys.executable, str(ROOT / "scripts" / "ops" / "healthcheck.py")]
     assert re.search(r"HEALTHCHECK .*\n?.*scripts/healthcheck\.py", dockerfile())
     off = subprocess.run(script, env=job_env(JOB_METRICS_PORT="0"), capture_output=True, text=True)
     assert off.returncode == 0
@@ -289,7 +289,7 @@ def test_cron_install_prints_lines_for_the_window() -> None:
     assert res.returncode == 0, res.stderr
     jobs = [ln for ln in res.stdout.splitlines() if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
     assert len(jobs) == 2
-    assert all(f"cd {ROOT} && scripts/cron-train.sh" in j for j in jobs)
+    assert all(f"cd {ROOT} && scripts/ops/cron-train.sh" in j for j in jobs)
     assert jobs[0].split()[:2] == ["0", "22"]  # the nightly start
     assert jobs[1].split()[1] == "22-23,0-6"  # the watchdog, inside the window only
     assert "JOB_STOP_AT=07:00" in res.stdout.splitlines()

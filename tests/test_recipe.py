@@ -53,7 +53,7 @@ def test_recipe_nanogpt_resolves_to_mains_tiny_and_modern_sets_the_rest_together
     assert {k: getattr(old, k) for k in MAIN_TINY} == MAIN_TINY
     assert (old.optimizer, old.schedule, old.activation, old.tie_embeddings, old.zero_init) == \
         ("adamw", "cosine", "gelu", True, False)
-    new = resolve(environ={}, dotenv=None)  # tiny's default: the winner of scripts/bench_recipe.py
+    new = resolve(environ={}, dotenv=None)  # tiny's default: the winner of scripts/bench/bench_recipe.py
     assert (new.recipe, new.optimizer, new.schedule, new.activation, new.tie_embeddings, new.zero_init) == \
         ("modern", "muon", "wsd", "relu2", False, True)
     # a setting given with the recipe wins over it, from any source
@@ -159,7 +159,7 @@ def test_bench_recipe_quick_prints_the_table_and_writes_it(tmp_path):
     import subprocess
 
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "scripts/bench_recipe.py", "--quick", "--out", str(out)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "scripts/bench/bench_recipe.py", "--quick", "--out", str(out)], cwd=ROOT,
                          env=job_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "| tiny | nanogpt |" in res.stdout and "| tiny | modern |" in res.stdout

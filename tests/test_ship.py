@@ -39,7 +39,7 @@ def compose() -> dict:
 # ---- the image ------------------------------------------------------------------------------------
 
 def test_the_images_torch_and_cuda_are_a_published_pair_and_cu128_is_refused():
-    script = [sys.executable, str(ROOT / "scripts" / "check_torch_cuda.py")]
+    script = [sys.executable, str(ROOT / "scripts" / "gpu" / "check_torch_cuda.py")]
     ok = subprocess.run(script, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "Dockerfile: torch 2.13.0 cu130" in ok.stdout and "CUDA=cu126: torch 2.13.0 cu126" in ok.stdout
@@ -220,7 +220,7 @@ def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, fl
     if flag:  # cron passes no flags: the flag row is the commands' own
         assert run_job(["train", *run_args], cwd=tmp_path, env=env).returncode == 0
     else:
-        cron = subprocess.run(["bash", str(ROOT / "scripts" / "cron-train.sh")], env=env, capture_output=True,
+        cron = subprocess.run(["bash", str(ROOT / "scripts" / "ops" / "cron-train.sh")], env=env, capture_output=True,
                               text=True, timeout=300)
         assert cron.returncode == 0, cron.stderr
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == [expected]

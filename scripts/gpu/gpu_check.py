@@ -6,8 +6,8 @@ fail; the exit code is 0 only if no row FAILs. Every figure comes from a real `p
 process (torchrun included) or a timed kernel; each process has a timeout taken from one time
 budget (--budget, default 570 s), so the whole call fits 10 minutes on an H200 including compiles.
 
-    scripts/gpu_check.sh --out DIR            on a GPU box (it bootstraps what a bare one lacks)
-    scripts/gpu_check.sh --quick --out DIR    every row small on the CPU; the CUDA-only ones SKIP
+    scripts/gpu/gpu_check.sh --out DIR            on a GPU box (it bootstraps what a bare one lacks)
+    scripts/gpu/gpu_check.sh --quick --out DIR    every row small on the CPU; the CUDA-only ones SKIP
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the test harness: standard library, numpy and torch only
 from harness import NanAt, free_port, scrape, wait_for, wait_for_step  # noqa: E402
 

@@ -2,7 +2,7 @@
 (a scraper hitting /metrics every second, 15x more often than grafana/prometheus.yml), interleaved
 in blocks within one run, and the per-step cost of the hook itself. Prints figures; asserts nothing.
 
-    python scripts/bench_metrics.py [--iters 200] [--block 5]     (make bench-metrics)
+    python scripts/bench/bench_metrics.py [--iters 200] [--block 5]     (make bench-metrics)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from job.metrics import TrainingMetrics, monitoring
 from job.state import TrainState
 from job.train import train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from harness import free_port  # noqa: E402
 
 WARMUP = 3  # first steps carry allocation and cache warm-up, in both modes alike
