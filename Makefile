@@ -38,14 +38,14 @@ sample: setup ## Print text from the newest checkpoint of RUN
 status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
-test: test-tools setup ## Run the test suite (the fast tier, then the end-to-end tests with real processes)
+test: test-tools setup ## Run the whole suite, on every core (tests/README.md maps it)
 	$(BIN)/python -m pytest -q -n auto tests
 
 test-tools: ## Install what the tests run besides Python (prometheus, promtool, tini) if missing; apt-get
 	@bash tests/tools.sh
 
-test-fast: setup ## Only the fast tier: the loop's parts in-process, a few seconds
-	$(BIN)/python -m pytest -q tests/unit
+test-fast: setup ## Only the fast tier (tests/unit, nothing marked e2e): the loop's parts in-process, seconds
+	$(BIN)/python -m pytest -q -m "not e2e" tests/unit
 
 bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--format jsonl"
 	$(BIN)/python scripts/bench/bench_prepare.py $(ARGS)

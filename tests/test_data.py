@@ -62,6 +62,7 @@ def zst_writer(path: Path, mode: str, encoding: str):
     return zstandard.open(path, mode, encoding=encoding)
 
 
+@pytest.mark.e2e
 def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tmp_path: Path):
     docs = make_docs(240, seed=1)
     parts = [docs[i::8] for i in range(8)]
@@ -117,6 +118,7 @@ def start_and_kill(args: list[str], out: Path, train_shards: int) -> None:
     assert not (out / "manifest.json").exists(), "prepare finished before the kill; grow the corpus"
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
     docs = make_docs(1000, seed=7, max_words=600)
     # parquet first (small row groups, like fineweb's), then jsonl: one kill lands in each
@@ -164,6 +166,7 @@ def fineweb_row_table(docs: list[str], offset: int) -> pa.Table:
     })
 
 
+@pytest.mark.e2e
 def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_path: Path):
     docs = make_docs(150, seed=3)
     hf = tmp_path / "hf"
@@ -189,6 +192,7 @@ def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_pat
     assert again.returncode == 0 and "already prepared" in again.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("env, says", [
     ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot reach the Hugging Face hub"),
     ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
@@ -220,6 +224,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["missing field", "missing column", "unreadable", "empty", "no match", "file type"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str):
     sources, says = bad_inputs(tmp_path)[case]
@@ -230,6 +235,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str):
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
 
 
+@pytest.mark.e2e
 def test_verify_and_train_refuse_a_corrupt_or_truncated_shard(tmp_path: Path):
     corpus = tmp_path / "c.jsonl"
     write_jsonl(corpus, make_docs(60, seed=5))
@@ -265,11 +271,13 @@ def test_counts_read_like_people_write_them():
             parse_count(bad, "--max-tokens")
 
 
+@pytest.mark.e2e
 def test_the_embedded_corpus_size_plan_counts_on_is_what_prepare_writes(shakespeare: Path):
     manifest = json.loads((shakespeare / "manifest.json").read_text())
     assert manifest["splits"]["train"]["tokens"] == TRAIN_TOKENS
 
 
+@pytest.mark.e2e
 def test_train_says_its_epochs_warns_past_4_and_refuses_past_max_epochs(small_env: dict, tmp_path: Path):
     """The start line counts the epochs; past 4 one warning line; past max_epochs (100) exit 2 before
     any work, unless max_epochs is raised (0: no limit)."""

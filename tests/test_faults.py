@@ -47,6 +47,9 @@ from job.train import run_loop, setup
 RUN = "f"
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="module")
 def reference(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config trained once without interruption (read-only: copy it to change it)."""

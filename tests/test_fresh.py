@@ -82,6 +82,7 @@ def test_make_test_without_the_tools_stops_before_any_test_with_one_line(open_di
     assert not (tmp_path / "apt-get.called").exists(), "tried apt-get without root or sudo"
 
 
+@pytest.mark.tools
 def test_with_the_tools_present_the_step_does_nothing(tmp_path: Path):
     for tool in TOOLS:
         assert shutil.which(tool), f"{tool} missing, yet make test started: tests/tools.sh let it through"

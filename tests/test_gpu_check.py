@@ -12,6 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from harness import ROOT, job_env
 
 import job
@@ -21,6 +22,8 @@ import gpu_check  # noqa: E402
 import gpu_wheels  # noqa: E402
 
 
+@pytest.mark.e2e
+@pytest.mark.torchrun
 def test_gpu_check_quick_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path: Path):
     """Every row of the acceptance run, small and on the CPU: PASS, or SKIP naming why (CUDA)."""
     out = tmp_path / "report"
@@ -90,6 +93,7 @@ def box_site(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.e2e
 def test_the_set_for_this_python_installs_offline_into_a_bare_box_and_the_job_starts(tmp_path: Path):
     """The same set built for this machine's Python, into a fresh venv that has only the box's
     packages: gpu_check.sh's bootstrap (--target) and pip's own resolver, both with --no-index."""

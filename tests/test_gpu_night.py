@@ -7,12 +7,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, kill_9_after_checkpoint, read_log, run_job
 
 from job import checkpoint
 
 FP16 = {**SMALL, "JOB_DTYPE": "float16", "JOB_LOSS_CHUNK": "16", "JOB_MAX_ITERS": "12", "JOB_CKPT_INTERVAL": "3"}
+
+
+pytestmark = pytest.mark.e2e
 
 
 def test_fp16_with_the_grad_scaler_trains_and_resumes_bitwise(shakespeare: Path, tmp_path: Path):

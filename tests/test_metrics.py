@@ -130,6 +130,8 @@ def live(tmp_path_factory):
         live.close()
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_prometheus_scrapes_a_real_run(live):
     sel = f'{{job="trainer",instance="{live.instance}"}}'
     end = time.time()
@@ -190,6 +192,8 @@ def substitute(expr: str, live: Live) -> str:
     return expr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_every_dashboard_query_runs(live):
     panels = data_panels(dashboard())
     titles = {p["title"] for p in panels}
@@ -203,6 +207,8 @@ def test_every_dashboard_query_runs(live):
     assert not empty, "training queries returned no data:\n" + "\n".join(empty)
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_every_dashboard_variable_query_finds_its_values(live):
     """label_values(selector, label), as Grafana runs it: the values of `label` on the selector's
     series. The currency comes from the job's own setting (EUR in this run)."""
@@ -217,6 +223,7 @@ def test_every_dashboard_variable_query_finds_its_values(live):
     assert found["gpu"] == []  # no GPU here
 
 
+@pytest.mark.tools
 def test_the_cost_panels_price_the_energy_in_the_jobs_currency(tmp_path: Path):
     """The cost panels' queries, on the series a GPU run serves (energy, iteration, target) and
     the job's price, checked by promtool. Numbers exact in binary, as promtool compares exactly:
@@ -273,6 +280,8 @@ def test_unknown_figures_are_absent_until_known():
     assert served["trainer_planned_stop_timestamp_seconds"] == 1.8e9
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
     text = http_get(f"http://{live.instance}/metrics")
     check = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
@@ -286,12 +295,15 @@ def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
     assert "metrics: no GPU figures: training on cpu" in live.log.read_text()
 
 
+@pytest.mark.tools
 def test_promtool_accepts_the_shipped_prometheus_config():
     check = subprocess.run([binary("promtool"), "check", "config", str(ROOT / "grafana" / "prometheus.yml")],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_busy_metrics_port_is_a_one_line_error(live):
     r = run_job(trainer_args(live.tmp, "busy", live.metrics_port, 10), cwd=live.tmp, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
@@ -299,6 +311,8 @@ def test_busy_metrics_port_is_a_one_line_error(live):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_restart_serves_the_run_totals_from_the_checkpoint(live):
     """SIGTERM (exit 75), start again: the run's iteration, tokens, seconds and last-checkpoint time
     carry on from the checkpoint, restarts counts it, and Prometheus sees the same series go on.

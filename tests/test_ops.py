@@ -185,6 +185,8 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
         assert dockerignored(secret_or_bulk, rules), f"{secret_or_bulk} would reach the build context"
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
     assert cmd == ["/usr/bin/tini", "--", "python", "-m", "job", "train"]
@@ -194,6 +196,8 @@ def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     assert done["iteration"] == MAX_ITERS
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Path, tmp_path: Path) -> None:
     """What `docker stop` does without --init (RunPod, vast.ai, Kubernetes): SIGTERM to PID 1."""
     run_dir = tmp_path / "runs" / RUN
@@ -209,6 +213,8 @@ def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Pa
 
 # ---- the compose trainer: which endings docker's restart policy sees ----------------------------
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_compose_trainer_turns_bad_settings_into_an_ending_docker_does_not_restart(shakespeare: Path,
                                                                                  tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3")  # n_embd 32 with 3 heads: refused, exit 2
@@ -220,6 +226,8 @@ def test_compose_trainer_turns_bad_settings_into_an_ending_docker_does_not_resta
     assert "error: " in res.stderr and "n_embd" in res.stderr  # the job's own line says why, in the logs
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shakespeare: Path,
                                                                           tmp_path: Path) -> None:
     """`docker stop` (SIGTERM to tini as PID 1): the job checkpoints, exits 75, and docker sees 0,
@@ -297,6 +305,8 @@ def test_cron_install_prints_lines_for_the_window() -> None:
 
 # ---- the cron wrapper ---------------------------------------------------------------------------
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
         shakespeare: Path, reference: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("OPS_SEED", time.time_ns() % 10_000))
@@ -361,6 +371,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
 
 
+@pytest.mark.e2e
 def test_crash_loop_stops_after_n_failures_without_progress(shakespeare: Path, tmp_path: Path) -> None:
     # n_embd 32 with n_head 3 is a setting the job refuses (exit 2): a failure that never advances
     env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3", JOB_MAX_FAILURES="2")
@@ -432,6 +443,7 @@ def test_docker_launcher_command_line(tmp_path: Path) -> None:
 
 # ---- the job's own time window --------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path, tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
     run_dir = tmp_path / "runs" / RUN

@@ -25,6 +25,7 @@ def plan_json(*args: str, cwd: Path) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.e2e
 def test_scenario_figures_worked_by_hand(tmp_path):
     # nanoGPT's model and optimizer, the scenario's (the modern recipe's extra: the test below)
     p = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9",
@@ -65,6 +66,7 @@ def test_scenario_figures_worked_by_hand(tmp_path):
     assert table.returncode == 0 and "58.3 TFLOP/s" in table.stdout and "2.85" in table.stdout
 
 
+@pytest.mark.e2e
 def test_epochs_from_the_prepared_manifest(tmp_path):
     data = tmp_path / "data" / "mini"
     data.mkdir(parents=True)
@@ -78,6 +80,7 @@ def test_epochs_from_the_prepared_manifest(tmp_path):
     assert p["tokens"]["epochs"] == pytest.approx(204_800 / 3000)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, expected", [
     (["--gpu", "rtx-9999"], "rtx-4070"),  # the valid choices are listed
     (["--gpu", "rtx-4070", "--mfu", "1.5"], "(0, 1]"),
@@ -112,6 +115,7 @@ def test_memory_model_matches_torch_on_cpu(n_layer, n_embd, block, batch, dtype)
     assert predicted["weight_copies"] == pytest.approx(measured["weights"], rel=0.15)
 
 
+@pytest.mark.e2e
 def test_the_modern_recipe_adds_its_head_muons_flops_and_state_worked_by_hand(tmp_path):
     old = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", cwd=tmp_path)
     new = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", cwd=tmp_path)
@@ -150,6 +154,7 @@ def test_card_table_rows_and_device_names():
         assert from_device_name(name).key == key, name
 
 
+@pytest.mark.e2e
 def test_measure_on_cpu_plans_at_the_mfu_measured(tmp_path):
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--grad-accum", "2", "--max-iters", "10", "--device", "cpu"]
@@ -162,6 +167,7 @@ def test_measure_on_cpu_plans_at_the_mfu_measured(tmp_path):
     assert m["energy_kwh"] == pytest.approx(0.065 * m["hours"])
 
 
+@pytest.mark.e2e
 def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--max-iters", "1", "--eval-iters", "1", "--log-interval", "1", "--metrics-port", "0"]
@@ -178,6 +184,7 @@ def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
     assert s["mfu"] == pytest.approx(per_token * s["tokens_per_s"] / 0.5e12, rel=0.01)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not yet prepared"])
 def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(tmp_path, shakespeare, prepared):
     """gpt2-40m's 10.49B tokens over Shakespeare's 1.35M: about 7,757 epochs, said before the run,
@@ -196,6 +203,7 @@ def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(
     assert not (tmp_path / "data").exists(), "plan prepared the corpus: it must only read"
 
 
+@pytest.mark.e2e
 def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
     for preset_args in (["--preset", "tiny"], ["--preset", "gpt2-40m", "--max-iters", "10"]):
         p = plan_json(*preset_args, "--gpu", "rtx-4070", "--data-root", str(shakespeare.parent), cwd=tmp_path)

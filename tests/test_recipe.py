@@ -63,6 +63,7 @@ def test_recipe_nanogpt_resolves_to_mains_tiny_and_modern_sets_the_rest_together
     assert Config().recipe == "nanogpt" and Config().optimizer == "adamw"  # imports build nanoGPT's optimizer
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag, value, says", [
     ("recipe", "adam", "recipe: unknown recipe 'adam'; choose one of nanogpt, modern"),
     ("optimizer", "sgd", "optimizer: 'sgd' is not one of adamw, muon"),
@@ -101,6 +102,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_group_at_its_own
     assert [g["lr"] for g in opt.param_groups] == [1.5e-3 * cfg.muon_lr / cfg.lr, 1.5e-3, 1.5e-3]
 
 
+@pytest.mark.e2e
 def test_recipe_nanogpt_trains_bitwise_as_main_did(shakespeare, tmp_path):
     env = job_env(**REF_RUN, JOB_RECIPE="nanogpt", JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path))
     res = run_job(["train", "--run", "ref"], cwd=ROOT, env=env)
@@ -112,6 +114,7 @@ def test_recipe_nanogpt_trains_bitwise_as_main_did(shakespeare, tmp_path):
 
 
 # dtype auto is bf16 on a CPU with native bf16 (this project's): fp32 is kept tested through nanogpt
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe, dtype", [("nanogpt", "float32"), ("modern", "auto")])
 def test_kill_9_mid_run_resumes_bitwise_with_every_recipe(shakespeare, tmp_path, recipe, dtype):
     def env(out: str) -> dict[str, str]:
@@ -127,6 +130,7 @@ def test_kill_9_mid_run_resumes_bitwise_with_every_recipe(shakespeare, tmp_path,
     assert ("muon" in a["optimizer"]) == (recipe == "modern")
 
 
+@pytest.mark.e2e
 def test_a_resume_that_changes_the_recipe_is_refused_naming_it_and_an_old_checkpoint_is_nanogpt(shakespeare,
                                                                                               tmp_path):
     env = job_env(**{**SMALL, "JOB_MAX_ITERS": "3", "JOB_CKPT_INTERVAL": "3"}, JOB_RECIPE="nanogpt",
@@ -154,6 +158,7 @@ def test_a_resume_that_changes_the_recipe_is_refused_naming_it_and_an_old_checkp
     assert res.returncode == 0 and "resuming from ckpt_00000003" in res.stdout, res.stderr
 
 
+@pytest.mark.e2e
 def test_bench_recipe_quick_prints_the_table_and_writes_it(tmp_path):
     import json
     import subprocess

@@ -25,6 +25,9 @@ from harness import (
 RUN = "r"
 
 
+pytestmark = pytest.mark.e2e
+
+
 def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     for rec in read_log(run_dir):

@@ -50,6 +50,9 @@ WEIGHT_ATOL = 1e-5
 MODERN_LOSS_RTOL, MODERN_ATOL = 1e-4, 0.03
 
 
+pytestmark = [pytest.mark.e2e, pytest.mark.torchrun]
+
+
 def scale_env(data: Path, out: Path, **extra: str) -> dict[str, str]:
     # faulthandler: a process that hangs prints its Python stacks on SIGABRT (see `ended`)
     return job_env(**{**SCALE, **extra}, JOB_DATA=str(data), JOB_OUT_DIR=str(out), PYTHONFAULTHANDLER="1")

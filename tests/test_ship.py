@@ -151,6 +151,8 @@ def prom_query(port: int, expr: str) -> list[dict]:
         return json.loads(r.read())["data"]["result"]
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_config(shakespeare: Path,
                                                                                   tmp_path: Path):
     with socket.socket() as s:
@@ -212,6 +214,7 @@ def matrix_env(shakespeare: Path, tmp_path: Path, in_file: dict, environ: dict) 
                    JOB_WORKDIR=str(tmp_path), JOB_PYTHON=sys.executable, **environ)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("in_file, environ, flag, expected", MATRIX, ids=[m[3] for m in MATRIX])
 def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, flag, expected, shakespeare: Path,
                                                            tmp_path: Path):
@@ -233,6 +236,7 @@ def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, fl
     assert re.search(rf"^run\s+{expected} \(done\)$", make.stdout, re.M), make.stdout + make.stderr
 
 
+@pytest.mark.e2e
 def test_a_preset_in_the_env_file_names_the_run_for_every_command(tmp_path: Path):
     env_file = tmp_path / "settings.env"
     env_file.write_text(f"JOB_PRESET=gpt2-124m\nJOB_OUT_DIR={tmp_path / 'runs'}\n")
@@ -246,6 +250,7 @@ def test_a_preset_in_the_env_file_names_the_run_for_every_command(tmp_path: Path
 
 # ---- time, buckets, version -----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_the_window_is_logged_as_a_local_time_with_its_offset(small_env, tmp_path: Path):
     env = {**small_env, "TZ": "Asia/Kolkata", "JOB_MAX_ITERS": "2"}
     res = run_job(["train", "--run", "tz", "--stop-at", "23:59"], cwd=tmp_path, env=env)
@@ -263,6 +268,7 @@ def test_step_buckets_resolve_an_h100_step_and_the_scenarios_step():
         assert edges[0] == low and edges[-1] == high
 
 
+@pytest.mark.e2e
 def test_version():
     from job import __version__
 

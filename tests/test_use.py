@@ -30,6 +30,9 @@ TEXT = ("Hello world! It's 3.14159 o'clock; they'll say  \"naïve café\" — �
         "light through yonder window breaks?   \n")
 
 
+pytestmark = pytest.mark.e2e
+
+
 def out_dir_of(env: dict) -> str:
     return env["JOB_OUT_DIR"]
 

@@ -7,6 +7,7 @@ import ast
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,47 @@ from harness import ROOT
 MAX_LINES = 60
 
 
-def modules_loaded_by(module: str) -> set[str]:
-    """Every module importing `module` pulls in, from a fresh interpreter."""
-    code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    return set(out.stdout.split())
+# One interpreter per kind answers every module: it forks a child per module, which imports it and
+# prints sys.modules. "bare" has imported nothing; "torch" has imported torch first, which takes the
+# one slow import out of the children, and hides nothing but torch's own modules (torch imports no
+# job module), so it serves the modules that may load torch.
+IMPORTER = """
+import os, sys
+if sys.argv[1] == "torch":
+    import torch
+while module := sys.stdin.readline().strip():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            __import__(module)
+            print(" ".join(sorted(sys.modules)), flush=True)
+        except BaseException as e:
+            print("!", repr(e), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def importers() -> Iterator[dict[bool, subprocess.Popen]]:
+    procs = {with_torch: subprocess.Popen([sys.executable, "-c", IMPORTER, "torch" if with_torch else "bare"],
+                                          cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for with_torch in (False, True)}
+    yield procs
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+
+def modules_loaded_by(module: str, importers: dict[bool, subprocess.Popen], with_torch: bool) -> set[str]:
+    """Every module importing `module` pulls in, in a fresh interpreter (one that has imported
+    torch already, if `with_torch`)."""
+    proc = importers[with_torch]
+    proc.stdin.write(module + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    assert line and not line.startswith("!"), f"importing {module}: {line or 'no answer'}"
+    return set(line.split())
 
 
 @pytest.mark.parametrize("module, must_not_load", [
@@ -31,8 +68,9 @@ def modules_loaded_by(module: str) -> set[str]:
     ("job.evaluate", {"job.train"}),  # the loop's val loss, shared with `job eval`
     *[(m, {"job.train"}) for m in ("job.scores", "job.export", "job.nanogpt", "job.sample", "job.weights")],
 ])
-def test_dependencies_point_down(module: str, must_not_load: set[str]):
-    assert not modules_loaded_by(module) & must_not_load
+def test_dependencies_point_down(module: str, must_not_load: set[str], importers):
+    loaded = modules_loaded_by(module, importers, with_torch="torch" not in must_not_load)
+    assert module in loaded and not loaded & must_not_load
 
 
 def test_no_function_in_job_is_longer_than_a_screen():
