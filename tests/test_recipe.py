@@ -117,14 +117,14 @@ def test_recipe_nanogpt_trains_bitwise_as_main_did(shakespeare, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("recipe, dtype", [("nanogpt", "float32"), ("modern", "auto")])
 def test_kill_9_mid_run_resumes_bitwise_with_every_recipe(shakespeare, tmp_path, recipe, dtype):
-    def env(out: str) -> dict[str, str]:
-        return job_env(**SMALL, JOB_RECIPE=recipe, JOB_DTYPE=dtype, JOB_DATA=str(shakespeare),
-                       JOB_OUT_DIR=str(tmp_path / out))
+    def env(out: str) -> dict[str, str]:  # 15 iterations: killed after 6, resumed through the eval at 10
+        return job_env(**{**SMALL, "JOB_MAX_ITERS": "15"}, JOB_RECIPE=recipe, JOB_DTYPE=dtype,
+                       JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path / out))
 
     assert run_job(["train", "--run", "r"], cwd=ROOT, env=env("ref")).returncode == 0
-    kill_9_after_checkpoint(tmp_path / "cut" / "r", env("cut"), 12)
+    kill_9_after_checkpoint(tmp_path / "cut" / "r", env("cut"), 6)
     res = run_job(["train", "--run", "r"], cwd=ROOT, env=env("cut"))
-    assert res.returncode == 0 and "resuming from ckpt_00000012" in res.stdout, res.stderr
+    assert res.returncode == 0 and "resuming from ckpt_00000006" in res.stdout, res.stderr
     a, b = final_state(tmp_path / "cut" / "r"), final_state(tmp_path / "ref" / "r")
     assert_states_equal(a, b)
     assert ("muon" in a["optimizer"]) == (recipe == "modern")

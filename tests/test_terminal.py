@@ -78,7 +78,7 @@ def test_train_prints_its_lines(trained_run):
 
 @pytest.mark.e2e
 def test_eval_draws_its_bar(trained_run):
-    text = in_pty(["eval", "t"], trained_run)
+    text = in_pty(["eval", "t", "--tokens", "20k"], trained_run)  # 156 batches: a bar drawn for a while
     bar_drawn(text, "val", "batches")
     assert re.search(r"^val +loss \d", text, re.M), text[-2000:]
 
