@@ -12,8 +12,6 @@ import hashlib
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from harness import job_env, read_shard, run_job
+from harness import job_env, read_shard, run_job, start_job
 
 from job.data.shakespeare import TRAIN_TOKENS
 from job.tokenizer import get_encoding
@@ -105,8 +103,7 @@ def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tm
 
 def start_and_kill(args: list[str], out: Path, train_shards: int) -> None:
     """Start a prepare and SIGKILL it once `train_shards` train shards are on disk."""
-    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_job(["prepare", *args, "--out", str(out)], log=out.parent / f"{out.name}.log")
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if len(list(out.glob("train_*.bin"))) >= train_shards:

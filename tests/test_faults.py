@@ -210,8 +210,7 @@ def test_bad_settings_and_files_exit_2_with_one_line(case: str, small_env, tmp_p
         (tmp_path / name).write_bytes(raw)
     if "run.toml" in files:
         flags = [*flags, "--config", "run.toml"]
-    res = subprocess.run([sys.executable, "-m", "job", "train", "--run", RUN, *flags], cwd=tmp_path,
-                         env={**small_env, **env}, capture_output=True, text=True, timeout=120)
+    res = run_job(["train", "--run", RUN, *flags], cwd=tmp_path, env={**small_env, **env}, timeout=120)
     line = one_error_line(res, 2)
     assert says in line and len(res.stderr.strip().splitlines()) == 1
     assert "hf_secret" not in res.stderr, "a malformed line may hold a token: never echo it"
@@ -270,8 +269,7 @@ def test_a_second_ctrl_c_during_the_checkpoint_write_waits_for_it(small_env, ref
 def test_sigterm_during_prepare_exits_75_and_the_rerun_gives_the_same_shards(after: float, shakespeare: Path,
                                                                            tmp_path: Path):
     out = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", "--out", str(out)], cwd=ROOT, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_job(["prepare", "--out", str(out)], env=job_env())
     time.sleep(after)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -292,8 +290,7 @@ def test_sigterm_during_a_parallel_prepare_exits_75_and_the_rerun_gives_the_same
     args = ["prepare", "--source", str(source), "--workers", "2", "--shard-tokens", "200k", "--val-tokens", "100k"]
     assert run_job([*args, "--out", str(tmp_path / "whole")], cwd=ROOT, env=job_env()).returncode == 0
     out = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args, "--out", str(out)], cwd=ROOT, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_job([*args, "--out", str(out)], env=job_env())
     wait_for(lambda: out.is_dir() and any(out.glob("*.bin")) or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from harness import ROOT, final_state, job_env, read_log, wait_for_step
+from harness import ROOT, final_state, job_env, read_log, run_job, start_job, wait_for_step
 
 from job.config import Config, coerce
 
@@ -447,11 +447,8 @@ def test_docker_launcher_command_line(tmp_path: Path) -> None:
 def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path, tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
     run_dir = tmp_path / "runs" / RUN
-    cmd = [sys.executable, "-m", "job", "train"]
-
     launched = time.time()
-    first = subprocess.run(cmd, env={**env, "JOB_MAX_RUNTIME": "2s"}, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300)
+    first = run_job(["train"], cwd=tmp_path, env={**env, "JOB_MAX_RUNTIME": "2s"})
     assert first.returncode == 75, first.stderr
     log = read_log(run_dir)
     stop1 = log[-1]
@@ -465,8 +462,7 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path
     for _ in range(3):
         at = datetime.now() + timedelta(seconds=margin)
         stop_at = at.strftime("%H:%M:%S")
-        proc = subprocess.Popen(cmd, env={**env, "JOB_STOP_AT": stop_at}, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_job(["train"], cwd=tmp_path, env={**env, "JOB_STOP_AT": stop_at})
         while proc.poll() is None and not [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]:
             time.sleep(0.05)
         resumed = [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]
