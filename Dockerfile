@@ -18,7 +18,7 @@
 # "Image variants"): cu130 (default) needs driver >= 580 and runs Turing to Blackwell; cu126 runs on
 # driver >= 525, Maxwell to Hopper (an RTX 4070 runs its sm_86 code):
 #   make docker-build CUDA=cu126
-# scripts/check_torch_cuda.py (make lint) fails when torch's pin and the variant are not a
+# scripts/gpu/check_torch_cuda.py (make lint) fails when torch's pin and the variant are not a
 # published pair, or the base image is another CUDA.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
 ARG TORCH_CUDA=cu130
@@ -79,7 +79,7 @@ RUN (userdel -r ubuntu 2>/dev/null || true) \
  && chown -R job:job /app /home/job/.cache
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/tiktoken /opt/tiktoken
-COPY scripts/healthcheck.py /app/scripts/healthcheck.py
+COPY scripts/ops/healthcheck.py /app/scripts/healthcheck.py
 # JOB_METRICS_ADDR: inside the container the metrics server must listen on all interfaces, or a
 # published port cannot reach it; publish it on the host's 127.0.0.1 only (-p 127.0.0.1:9838:9838).
 # DL3064 ignored, as above: TIKTOKEN_CACHE_DIR is a path, not a secret.

@@ -15,7 +15,7 @@ NPROC  ?=
 nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype
+.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype bench-optim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,22 +38,22 @@ sample: setup ## Print text from the newest checkpoint of RUN
 status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
-test: test-tools setup ## Run the test suite (the fast tier, then the end-to-end tests with real processes)
+test: test-tools setup ## Run the whole suite, on every core (tests/README.md maps it)
 	$(BIN)/python -m pytest -q -n auto tests
 
 test-tools: ## Install what the tests run besides Python (prometheus, promtool, tini) if missing; apt-get
-	@bash scripts/test_tools.sh
+	@bash tests/tools.sh
 
-test-fast: setup ## Only the fast tier: the loop's parts in-process, a few seconds
-	$(BIN)/python -m pytest -q tests/unit
+test-fast: setup ## Only the fast tier (tests/unit, nothing marked e2e): the loop's parts in-process, seconds
+	$(BIN)/python -m pytest -q -m "not e2e" tests/unit
 
 bench-prepare: setup ## Data-prep throughput vs raw tiktoken (tokens/s, MB/s, ratio); ARGS="--format jsonl"
-	$(BIN)/python scripts/bench_prepare.py $(ARGS)
+	$(BIN)/python scripts/bench/bench_prepare.py $(ARGS)
 
 lint: setup ## ruff over the code, hadolint over the Dockerfile, the image's torch/CUDA pair
 	$(BIN)/ruff check job tests scripts
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python scripts/check_torch_cuda.py
+	$(BIN)/python scripts/gpu/check_torch_cuda.py
 
 COMPOSE = docker compose -f grafana/compose.yml
 # Docker, and its compose plugin: without the plugin, docker reads `compose -f` as flags of its own
@@ -78,19 +78,22 @@ monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and
 	$(COMPOSE) --profile trainer down
 
 bench-metrics: setup ## Step time of tiny with metrics off and on, and the difference
-	$(BIN)/python scripts/bench_metrics.py
+	$(BIN)/python scripts/bench/bench_metrics.py
 
 bench-recipe: setup ## Val loss per token and per second of each recipe, 3 seeds, tiny and 6x192 (about 20 min)
-	$(BIN)/python scripts/bench_recipe.py $(ARGS)
+	$(BIN)/python scripts/bench/bench_recipe.py $(ARGS)
 
 bench-dtype: setup ## Step time of tiny in fp32 and bf16 on this CPU, and what dtype=auto picks
-	$(BIN)/python scripts/bench_dtype.py $(ARGS)
+	$(BIN)/python scripts/bench/bench_dtype.py $(ARGS)
+
+bench-optim: setup ## One Muon step for gpt2-40m's matrices, torch's way and stacked: aten ops and seconds
+	$(BIN)/python scripts/bench/bench_optim.py $(ARGS)
 
 gpu-wheels: setup ## The closed set of wheels a bare GPU box (CPython 3.12, manylinux x86_64) lacks, into .whl/ (carry it)
 	rm -rf .whl
-	$(BIN)/python scripts/gpu_wheels.py build --dest .whl --python-version 3.12
+	$(BIN)/python scripts/gpu/gpu_wheels.py build --dest .whl --python-version 3.12
 
-bench: bench-prepare bench-metrics bench-dtype bench-recipe ## Run the benchmarks
+bench: bench-prepare bench-metrics bench-dtype bench-optim bench-recipe ## Run the benchmarks
 
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
@@ -125,4 +128,4 @@ docker-train: ## Train in the container (NPROC=8: one process per GPU); metrics 
 
 cron-install: ## Print crontab lines for the nightly window (never edits your crontab)
 	@echo "# Add these with 'crontab -e' (or: (crontab -l; make -s cron-install) | crontab -)"
-	@sed 's|/path/to/repo|$(CURDIR)|g' scripts/crontab.example
+	@sed 's|/path/to/repo|$(CURDIR)|g' scripts/ops/crontab.example

@@ -20,9 +20,10 @@ stream in fp32 (autocast leaves it there):
     in fp32 and bf16 alike; returning them kept c·b·T·V more alive into the next micro-step).
     With compile on, inductor fuses the loss: it keeps the head's output in the compute dtype for
     backward, and writes the logits' gradient into that same buffer once the fused kernel has read
-    it, so one b·T·V tensor of c bytes is all there is (c·b·T·V). Measured on an H200 (torch 2.11,
-    gpt2-40m, modern recipe, bf16, compiled, 16 x 1024): the allocator's peak was 5.49 GB against
-    5.36 GB of tensors modelled here (7.01 GB when this term counted the gradient apart, 2·c·b·T·V).
+    it, so one b·T·V tensor of c bytes is all there is (c·b·T·V). Measured by scripts/gpu/gpu_check.sh
+    on an H200 (torch 2.11, gpt2-40m, modern recipe, bf16, compiled, 16 x 1024): the allocator's peak
+    was 5.49 GB against 5.36 GB of tensors modelled here (7.01 GB when this term counted the gradient
+    apart, 2·c·b·T·V).
     With loss_chunk set, the fused chunked head + loss holds one chunk's logits at a time instead.
 """
 

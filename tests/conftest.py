@@ -1,173 +1,151 @@
-"""Shared fixtures: the embedded corpus prepared once, and a way to run `python -m job` for real."""
+"""Shared fixtures: the embedded corpus prepared once, and a small run's environment; and the
+guard that keeps the markers honest. The helpers the tests use (run_job, wait_for, read_log, ...)
+live in tests/harness.py; what each file covers and its markers: tests/README.md."""
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import json
 import os
-import pty
-import select
-import signal
-import struct
 import subprocess
-import sys
-import termios
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from harness import SMALL, job_env, run_job
 
-ROOT = Path(__file__).resolve().parents[1]
+# What a test computes in-process shares the cores with the other xdist worker and the jobs the
+# tests start: one thread, as job_env gives those jobs (two spinning OpenMP threads per process on
+# two shared cores made the in-process runs several times slower).
+torch.set_num_threads(1)
 
-# A model small enough that a 30-step run takes seconds on 2 cores, with dropout on so that
-# exact resume also has to restore the RNG streams.
-SMALL = {
-    "JOB_N_LAYER": "1", "JOB_N_HEAD": "2", "JOB_N_EMBD": "32", "JOB_BLOCK_SIZE": "32",
-    "JOB_BATCH_SIZE": "4", "JOB_GRAD_ACCUM": "2", "JOB_MAX_ITERS": "30", "JOB_WARMUP_ITERS": "5",
-    "JOB_LR": "3e-3", "JOB_MIN_LR": "3e-4", "JOB_DROPOUT": "0.1", "JOB_EVAL_INTERVAL": "10",
-    "JOB_EVAL_ITERS": "2", "JOB_LOG_INTERVAL": "1", "JOB_CKPT_INTERVAL": "3", "JOB_KEEP_CKPTS": "3",
-    "JOB_METRICS_PORT": "0", "JOB_DEVICE": "cpu",
+# ---- markers ---------------------------------------------------------------------------------------
+# e2e: runs real `python -m job` processes (or the scripts and make targets that run them), or uses
+# a fixture that does (the prepared corpus); torchrun: starts torchrun; tools: runs prometheus,
+# promtool or tini. Registered in pyproject.toml; `make test-fast` runs tests/unit, none of them.
+# A test that starts one of these processes directly without its marker fails at that call.
+_current: list[pytest.Item] = []
+_needs_corpus = ("shakespeare", "small_env")
+
+
+def _kinds(args) -> set[str]:
+    """The markers a command line needs, as far as the command itself shows it."""
+    argv = [str(a) for a in args] if isinstance(args, list | tuple) else str(args).split()
+    name = Path(argv[0]).name if argv else ""
+    kinds = set()
+    if name == "job" or any(a == "-m" and b == "job" for a, b in zip(argv, argv[1:], strict=False)):
+        kinds.add("e2e")
+    if name in ("prometheus", "promtool", "tini"):
+        kinds.add("tools")
+    nproc = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--nproc"]
+    if "torch.distributed.run" in argv or ("train" in argv and nproc and nproc[-1] != "1"):
+        kinds.add("torchrun")  # job train --nproc N (N > 1) starts torchrun itself
+    return kinds
+
+
+class _Watched(subprocess.Popen):
+    def __init__(self, args, *rest, **kwargs):
+        if _current:
+            item = _current[-1]
+            missing = sorted(k for k in _kinds(args) if item.get_closest_marker(k) is None)
+            if missing:
+                self._child_created = False  # nothing started: Popen.__del__ has nothing to reap
+                pytest.fail(f"{item.nodeid} runs {' '.join(map(str, args))[:200]} but is not marked "
+                            f"{', '.join(missing)} (see tests/README.md)", pytrace=False)
+        super().__init__(args, *rest, **kwargs)
+
+
+subprocess.Popen = _Watched  # subprocess.run and every caller look the name up at call time
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    _current.append(item)
+    try:
+        yield
+    finally:
+        _current.pop()
+
+
+# ---- two workers that end together (make test: pytest -n auto; --dist loadfile in pyproject.toml) ----
+# Each file runs on one worker, so its module-scoped fixtures (a trained run, a live Prometheus)
+# are built once. The workers are handed the longest files first, the short ones last, so that
+# both end together. SECONDS: what each slow test took, setup included, on the 2 shared cores
+# (pytest --durations; by test function, per parametrised case); an end-to-end test not listed
+# counts 0.7 s, any other 0.1 s. Only an order: a stale figure costs balance, never a result.
+SECONDS = {
+    "test_gpu_check.py::test_gpu_check_quick": 72, "test_recipe.py::test_bench_recipe_quick": 35,
+    "test_data.py::test_train_says_its_epochs": 32, "test_gpu_night.py::test_fp16": 31,
+    "test_resume.py::test_sigkill_at_random": 26, "test_scale.py::test_sigterm_to_the_torchrun_agent": 26,
+    "test_scale.py::test_sigterm_to_one_worker": 25, "test_scale.py::test_two_processes": 24,
+    "test_scale.py::test_the_modern_recipe": 24, "test_faults.py::test_disk_full_during": 22,
+    "test_scale.py::test_kill_9_of_one_rank_the_agent": 21, "test_faults.py::test_nan_that_persists": 21,
+    "test_ops.py::test_cron_wrapper": 21, "test_resume.py::test_sigterm_exits_75": 20,
+    "test_gpu_check.py::test_the_set_for_this_python": 19, "test_scale.py::test_the_time_window": 17,
+    "test_faults.py::test_sigterm_during_start_up": 16, "test_resume.py::test_after_kill_9": 16,
+    "test_ship.py::test_a_trainer_started_on_the_host": 16, "test_use.py::test_nanogpt_checkpoint": 14,
+    "test_use.py::test_report_draws": 14, "test_terminal.py::test_eval_draws": 14,
+    "test_resume.py::test_truncated_newest": 14, "test_recipe.py::test_kill_9_mid_run": 13,
+    "test_faults.py::test_a_second_ctrl_c": 12, "test_core.py::test_checkpoint_loads": 12,
+    "test_metrics.py::test_prometheus_scrapes": 11, "test_use.py::test_sample_streams": 11,
+    "test_metrics.py::test_every_dashboard_query": 11, "test_scale.py::test_a_checkpoint_resumes": 10,
+    "test_use.py::test_import_refuses": 10, "test_terminal.py::test_make_train": 10,
+    "test_use.py::test_eval_val_loss": 9, "test_core.py::test_status_and_sample": 9,
+    "test_metrics.py::test_restart_serves": 9, "test_ops.py::test_max_runtime": 9,
+    "test_recipe.py::test_a_resume_that_changes": 9, "test_resume.py::test_a_second_train": 9,
+    "test_gpu_night.py::test_deterministic": 9, "test_scale.py::test_kill_9_of_one_rank_without": 8,
+    "test_plan.py::test_training_mfu": 8, "test_use.py::test_new_commands_explain": 8,
+    "test_ship.py::test_one_run_name": 8, "test_use.py::test_hellaswag_choices": 7,
+    "test_resume.py::test_resume_with_other_shape": 7, "test_faults.py::test_disk_full_for": 7,
+    "test_ship.py::test_a_preset_in_the_env_file": 7, "test_scale.py::test_grad_accum": 6,
+    "test_use.py::test_export_picks": 6, "test_gpu_night.py::test_checkpoints_that_verify": 6,
+    "test_scale.py::test_a_failure_on_one_rank": 6, "test_ops.py::test_compose_trainer_stops": 6,
+    "test_ops.py::test_entrypoint_and_cmd": 6, "test_terminal.py::test_train_prints": 6,
+    "test_use.py::test_export_loads": 5, "test_data.py::test_kill_9_mid_prepare": 5,
+    "test_faults.py::test_transient_nan": 5,
 }
 
 
-def job_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any JOB_* of the caller's, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
-    env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **extra})
-    return env
+def _seconds(item: pytest.Item) -> float:
+    name = item.nodeid.split("/")[-1]
+    return max([s for k, s in SECONDS.items() if name.startswith(k)],
+               default=0.7 if item.get_closest_marker("e2e") else 0.1)
 
 
-def run_job(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    total: dict[str, float] = {}
+    for item in items:
+        total[item.nodeid.split("::")[0]] = total.get(item.nodeid.split("::")[0], 0) + _seconds(item)
+    items.sort(key=lambda i: total[i.nodeid.split("::")[0]], reverse=True)  # stable: a file keeps its order
 
 
-def start_job(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "job", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [i.nodeid for i in items if set(getattr(i, "fixturenames", ())) & set(_needs_corpus)
+                and i.get_closest_marker("e2e") is None]
+    if unmarked:
+        raise pytest.UsageError(f"these use the prepared corpus (a real `job prepare`) but are not marked e2e: "
+                                f"{unmarked}")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the workers are handed the files in
+        _longest_files_first(items)
 
 
-def run_in_pty(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 300,
-               columns: int = 120) -> tuple[int, str]:
-    """Run `cmd` with a pseudo-terminal as its stdin, stdout and stderr, as a person's shell would
-    (TERM set, `columns` wide); its exit code and everything the terminal received."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {**env, "TERM": env.get("TERM", "xterm-256color")}
-    env.pop("COLUMNS", None), env.pop("LINES", None)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
-    os.close(slave)
-    chunks, deadline = [], time.time() + timeout
-    try:
-        while True:
-            if time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise AssertionError(f"{cmd} in a terminal: no end after {timeout}s; it showed: "
-                                     f"{b''.join(chunks).decode(errors='replace')[-2000:]}")
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError as e:  # EIO: every holder of the terminal's other end has closed it
-                if e.errno != errno.EIO:
-                    raise
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(master)
-    return proc.wait(timeout=60), b"".join(chunks).decode(errors="replace")
-
+# ---- fixtures --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def shakespeare(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded corpus, prepared once per session through the real command."""
-    out = tmp_path_factory.mktemp("data") / "shakespeare"
-    res = run_job(["prepare", "--source", "shakespeare", "--out", str(out)], cwd=ROOT, env=job_env())
-    assert res.returncode == 0, res.stderr
+    """The embedded corpus, prepared once per test run through the real command (the xdist workers
+    share it: the first prepares it under a lock, the others find it prepared). Read-only."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, the workers' popen-gwK/ are under it
+    out = root / "corpus" / "shakespeare"
+    with open(root / "corpus.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "manifest.json").is_file():
+            res = run_job(["prepare", "--source", "shakespeare", "--out", str(out)])
+            assert res.returncode == 0, res.stderr
     return out
 
 
 @pytest.fixture
 def small_env(shakespeare: Path, tmp_path: Path) -> dict[str, str]:
     return job_env(**SMALL, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path / "runs"))
-
-
-def train_small_reference(shakespeare: Path, out: Path, run: str) -> Path:
-    """SMALL trained once without interruption: what an interrupted run must end up equal to."""
-    res = run_job(["train", "--run", run], cwd=ROOT, env=job_env(**SMALL, JOB_DATA=str(shakespeare),
-                                                                 JOB_OUT_DIR=str(out)))
-    assert res.returncode == 0, res.stderr
-    return out / run
-
-
-def wait_for(predicate, timeout: float = 120, step: float = 0.01) -> None:
-    """Poll until predicate() holds; fail the test after `timeout` seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s")
-
-
-def kill_9_after_checkpoint(run_dir: Path, env: dict[str, str], iteration: int) -> int:
-    """Start `job train` on run_dir, SIGKILL it once checkpoint `iteration` is sealed; its pid."""
-    proc = start_job(["train", "--run", run_dir.name], cwd=ROOT, env=env)
-    wait_for(lambda: (run_dir / "ckpt" / f"ckpt_{iteration:08d}.json").is_file())
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    return proc.pid
-
-
-def read_log(run_dir: Path) -> list[dict]:
-    """log.jsonl records (none before the run has written one); a line a kill cut short is
-    skipped, as `job status` does."""
-    path = run_dir / "log.jsonl"
-    out = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
-def read_shard(path: Path) -> np.ndarray:
-    """llm.c's shard format checked field by field from its description, not through our loader:
-    256 little-endian int32 (magic 20240520, version 1, token count, the rest zero), then uint16."""
-    raw = path.read_bytes()
-    header = np.frombuffer(raw[:1024], dtype="<i4")
-    assert header.size == 256, f"{path}: header is not 256 int32"
-    assert header[0] == 20240520, f"{path}: magic {header[0]}"
-    assert header[1] == 1, f"{path}: version {header[1]}"
-    assert len(raw) == 1024 + 2 * int(header[2]), f"{path}: size does not match the token count"
-    assert not header[3:].any(), f"{path}: reserved header ints are not zero"
-    return np.frombuffer(raw[1024:], dtype="<u2")
-
-
-def final_state(run_dir: Path) -> dict:
-    newest = sorted((run_dir / "ckpt").glob("ckpt_*.pt"))[-1]
-    return torch.load(newest, map_location="cpu", weights_only=True)
-
-
-def assert_states_equal(a: dict, b: dict) -> None:
-    """Model and optimizer tensors bitwise equal."""
-    assert a["iteration"] == b["iteration"]
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), f"model tensor {k} differs"
-    # AdamW's state_dict (the nanogpt recipe), or Muon's and AdamW's side by side (job/optim.py)
-    parts = [(n, a["optimizer"][n], b["optimizer"][n]) for n in ("muon", "adamw")] if "muon" in a["optimizer"] \
-        else [("adamw", a["optimizer"], b["optimizer"])]
-    for name, oa, ob in parts:
-        sa, sb = oa["state"], ob["state"]
-        assert sa.keys() == sb.keys(), f"{name}: state of other parameters"
-        for pid in sa:
-            for k, v in sa[pid].items():
-                assert torch.equal(v, sb[pid][k]), f"{name} state {pid}.{k} differs"

@@ -115,12 +115,13 @@ def rules_test(alert: str, series: list[tuple[str, str]], minute: int, fires: bo
         expected(alert, fires) + "\n"
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("alert, series, minute, fires", CASES,
                          ids=[f"{c[0]}-{'fires' if c[3] else 'quiet'}-{i}" for i, c in enumerate(CASES)])
 def test_alert_rule(alert, series, minute, fires, tmp_path: Path):
     promtool = shutil.which("promtool")
     if not promtool:
-        pytest.fail("promtool not found: apt-get install -y prometheus (make test does this: scripts/test_tools.sh)")
+        pytest.fail("promtool not found: apt-get install -y prometheus (make test does this: tests/tools.sh)")
     spec = tmp_path / "test.yml"
     spec.write_text(rules_test(alert, series, minute, fires))
     res = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
@@ -133,6 +134,7 @@ def test_every_shipped_alert_has_a_case_that_fires_and_one_that_does_not():
     assert {a for a, *_, fires in CASES if fires} == {a for a, *_, fires in CASES if not fires} == shipped
 
 
+@pytest.mark.tools
 def test_promtool_accepts_the_rules_and_the_config_that_loads_them():
     for args in (["check", "rules", "grafana/alerts.yml"], ["check", "config", "grafana/prometheus.yml"]):
         res = subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)

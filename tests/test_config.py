@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, job_env, run_job
+from harness import ROOT, job_env, run_job
 
 from job.config import PRESETS, resolve
 from job.errors import ConfigError
@@ -35,6 +35,7 @@ def test_env_names_and_types(tmp_path: Path):
     assert cfg.run_dir == Path("runs/night1")
 
 
+@pytest.mark.e2e
 def test_resolved_config_is_saved_with_the_run(small_env, tmp_path: Path):
     res = run_job(["train", "--run", "saved", "--max-iters", "2"], cwd=ROOT, env=small_env)
     assert res.returncode == 0, res.stderr
@@ -64,6 +65,7 @@ INVALID = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags,env,name", INVALID, ids=[c[2] + str(i) for i, c in enumerate(INVALID)])
 def test_invalid_setting_exits_2_with_one_line(flags, env, name, small_env):
     res = run_job(["train", "--run", "bad", *flags], cwd=ROOT, env={**small_env, **env}, timeout=60)
@@ -74,6 +76,7 @@ def test_invalid_setting_exits_2_with_one_line(flags, env, name, small_env):
     assert not (Path(small_env["JOB_OUT_DIR"]) / "bad" / "ckpt").exists(), "no work before validation"
 
 
+@pytest.mark.e2e
 def test_bad_toml_exits_2(tmp_path: Path, small_env):
     toml = tmp_path / "bad.toml"
     toml.write_text("max_itres = 5\n")
@@ -81,6 +84,7 @@ def test_bad_toml_exits_2(tmp_path: Path, small_env):
     assert res.returncode == 2 and "max_itres" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.e2e
 def test_every_command_has_help():
     for cmd in ("prepare", "train", "status", "sample"):
         res = run_job([cmd, "--help"], cwd=ROOT, env=job_env(), timeout=60)

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from conftest import ROOT, final_state, job_env, read_log, read_shard, run_job
+from harness import ROOT, final_state, job_env, read_log, read_shard, run_job
 
 from job.config import resolve
 from job.flops import param_counts
@@ -30,6 +31,7 @@ def test_bundled_gpt2_files_are_the_ones_tiktoken_pins():
     assert enc.decode(enc.encode_ordinary(text)) == text
 
 
+@pytest.mark.e2e
 def test_prepare_writes_whole_documents_and_is_idempotent(shakespeare: Path):
     manifest = json.loads((shakespeare / "manifest.json").read_text())
     enc = _from_bundled_files()
@@ -51,6 +53,7 @@ def test_prepare_writes_whole_documents_and_is_idempotent(shakespeare: Path):
     assert {p.name: p.stat().st_mtime_ns for p in shakespeare.iterdir()} == before
 
 
+@pytest.mark.e2e
 def test_prepare_unknown_source_exits_2():
     res = run_job(["prepare", "--source", "wikipedia"], cwd=ROOT, env=job_env(), timeout=60)
     assert res.returncode == 2 and "shakespeare" in res.stderr and "Traceback" not in res.stderr
@@ -71,6 +74,7 @@ def test_model_matches_the_scenario_count_and_nanogpt_shape():
     assert all(p.dim() < 2 for p in plain["params"]) and plain["weight_decay"] == 0.0
 
 
+@pytest.mark.e2e
 def test_a_compiled_run_checkpoints_plainly_and_a_second_process_compiles_from_its_cache(small_env):
     """A compiled run's checkpoint has none of torch.compile's names. The compile cache is
     runs/.cache/torch, in the volume every launcher mounts: a restarted process (a new container,
@@ -97,6 +101,7 @@ def test_a_compiled_run_checkpoints_plainly_and_a_second_process_compiles_from_i
     assert isinstance(state["rng"]["torch"], torch.Tensor)
 
 
+@pytest.mark.e2e
 def test_status_and_sample(small_env):
     out_dir = small_env["JOB_OUT_DIR"]
     assert run_job(["train", "--run", "s", "--max-iters", "6"], cwd=ROOT, env=small_env).returncode == 0

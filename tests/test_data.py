@@ -12,8 +12,6 @@ import hashlib
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import ROOT, job_env, read_shard
+from harness import job_env, read_shard, run_job, start_job
 
 from job.data.shakespeare import TRAIN_TOKENS
 from job.tokenizer import get_encoding
@@ -30,12 +28,6 @@ from job.tokenizer import get_encoding
 EOT = 50256
 WORDS = ("the of and to in is was for on that with as by at from it his an were are which this be "
          "data token shard Émile naïve café 東京 über 123 4567 , . ; : ! ? ' \" ( ) -- \n\n").split(" ")
-
-
-def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m job ARGS` with none of the caller's JOB_* settings and metrics off unless `env` asks."""
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=job_env(**{"JOB_METRICS_PORT": "0", **(env or {})}))
 
 
 def make_docs(n: int, seed: int, max_words: int = 300) -> list[str]:
@@ -68,6 +60,7 @@ def zst_writer(path: Path, mode: str, encoding: str):
     return zstandard.open(path, mode, encoding=encoding)
 
 
+@pytest.mark.e2e
 def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tmp_path: Path):
     docs = make_docs(240, seed=1)
     parts = [docs[i::8] for i in range(8)]
@@ -88,11 +81,11 @@ def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tm
         f.write("\n<doc>\n".join(parts[7]))
 
     out = tmp_path / "out"
-    r = run_job("prepare", "--source", str(src / "txt" / "*.txt"), "--source", str(src / "split.txt"),
-                "--source", str(src / "a.jsonl"), "--source", str(src / "b.jsonl.gz"),
-                "--source", str(src / "c.jsonl.zst"), "--source", str(src / "d.parquet"),
-                "--source", str(src / "e.parquet.gz"), "--source", str(src / "f.txt.zst"),
-                "--separator", r"\n<doc>\n", "--out", str(out), "--shard-tokens", "3000", "--workers", "2")
+    r = run_job(["prepare", "--source", str(src / "txt" / "*.txt"), "--source", str(src / "split.txt"),
+                 "--source", str(src / "a.jsonl"), "--source", str(src / "b.jsonl.gz"),
+                 "--source", str(src / "c.jsonl.zst"), "--source", str(src / "d.parquet"),
+                 "--source", str(src / "e.parquet.gz"), "--source", str(src / "f.txt.zst"),
+                 "--separator", r"\n<doc>\n", "--out", str(out), "--shard-tokens", "3000", "--workers", "2"])
     assert r.returncode == 0, r.stderr
     # Whole-file .txt with a separator splits too; the one-per-file ones hold no separator.
     want = expected_stream([d for p in parts for d in p])
@@ -104,14 +97,13 @@ def test_every_file_kind_gives_tiktokens_stream_with_eot_before_each_document(tm
     assert [s["tokens"] for s in manifest["shards"]][:-1] == [3000] * (len(manifest["shards"]) - 1)
     assert manifest["shards"][0]["split"] == "val" and len(manifest["fingerprint"]) == 16
 
-    again = run_job("prepare", "--out", str(out), "--verify")
+    again = run_job(["prepare", "--out", str(out), "--verify"])
     assert again.returncode == 0 and "sha256 verified" in again.stdout
 
 
 def start_and_kill(args: list[str], out: Path, train_shards: int) -> None:
     """Start a prepare and SIGKILL it once `train_shards` train shards are on disk."""
-    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_job(["prepare", *args, "--out", str(out)], log=out.parent / f"{out.name}.log")
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if len(list(out.glob("train_*.bin"))) >= train_shards:
@@ -123,6 +115,7 @@ def start_and_kill(args: list[str], out: Path, train_shards: int) -> None:
     assert not (out / "manifest.json").exists(), "prepare finished before the kill; grow the corpus"
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
     docs = make_docs(1000, seed=7, max_words=600)
     # parquet first (small row groups, like fineweb's), then jsonl: one kill lands in each
@@ -132,7 +125,7 @@ def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
             "--shard-tokens", "2000", "--val-tokens", "5000", "--workers", "2"]
 
     whole = tmp_path / "whole"
-    assert run_job("prepare", *args, "--out", str(whole)).returncode == 0
+    assert run_job(["prepare", *args, "--out", str(whole)]).returncode == 0
     n_train = len(list(whole.glob("train_*.bin")))
 
     killed = tmp_path / "killed"
@@ -140,10 +133,10 @@ def test_kill_9_mid_prepare_then_rerun_gives_the_same_bytes(tmp_path: Path):
     start_and_kill(args, killed, int(n_train * 0.7))  # resumed, then killed again inside b.jsonl
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in killed.glob("*.bin")}
     assert len(before) > 3
-    other = run_job("prepare", *[a if a != "2000" else "3000" for a in args], "--out", str(killed))
+    other = run_job(["prepare", *[a if a != "2000" else "3000" for a in args], "--out", str(killed)])
     assert other.returncode == 2 and "unfinished prepare with other settings (shard_tokens" in other.stderr
 
-    r = run_job("prepare", *args, "--out", str(killed))
+    r = run_job(["prepare", *args, "--out", str(killed)])
     assert r.returncode == 0, r.stderr
     assert "resuming after" in r.stdout
     assert np.array_equal(read_dataset(killed), expected_stream(docs))
@@ -170,6 +163,7 @@ def fineweb_row_table(docs: list[str], offset: int) -> pa.Table:
     })
 
 
+@pytest.mark.e2e
 def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_path: Path):
     docs = make_docs(150, seed=3)
     hf = tmp_path / "hf"
@@ -182,8 +176,8 @@ def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_pat
     cap = int(want.size * 0.8)
 
     out = tmp_path / "fw"
-    r = run_job("prepare", "--source", "fineweb-edu", "--hf-dir", str(hf), "--out", str(out),
-                "--shard-tokens", "4000", "--max-tokens", str(cap), "--workers", "2", env={"HF_HUB_OFFLINE": "1"})
+    r = run_job(["prepare", "--source", "fineweb-edu", "--hf-dir", str(hf), "--out", str(out),
+                 "--shard-tokens", "4000", "--max-tokens", str(cap), "--workers", "2"], env=job_env(HF_HUB_OFFLINE="1"))
     assert r.returncode == 0, r.stderr
     got = read_dataset(out)
     assert np.array_equal(got, want[:cap])
@@ -191,17 +185,18 @@ def test_fineweb_edu_from_a_local_copy_of_the_hub_layout_with_max_tokens(tmp_pat
     assert manifest["source"]["name"] == "fineweb-edu" and manifest["source"]["config"] == "sample-10BT"
     assert manifest["source"]["files"] == ["sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
     assert manifest["total_tokens"] == cap and manifest["settings"]["max_tokens"] == cap
-    again = run_job("prepare", "--source", "fineweb-edu", "--hf-dir", str(hf), "--out", str(out))
+    again = run_job(["prepare", "--source", "fineweb-edu", "--hf-dir", str(hf), "--out", str(out)])
     assert again.returncode == 0 and "already prepared" in again.stdout
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("env, says", [
     ({"HF_ENDPOINT": "http://127.0.0.1:9"}, "cannot reach the Hugging Face hub"),
     ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE is set"),
 ])
 def test_fineweb_edu_download_fails_in_one_line_without_the_hub(tmp_path: Path, env: dict, says: str):
-    r = run_job("prepare", "--source", "fineweb-edu", "--out", str(tmp_path / "fw"),
-                env={"HF_HOME": str(tmp_path / "hf-home"), **env})
+    r = run_job(["prepare", "--source", "fineweb-edu", "--out", str(tmp_path / "fw")],
+                env=job_env(HF_HOME=str(tmp_path / "hf-home"), **env))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0]
@@ -226,35 +221,37 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["missing field", "missing column", "unreadable", "empty", "no match", "file type"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, case: str):
     sources, says = bad_inputs(tmp_path)[case]
     args = [a for s in sources for a in ("--source", s)]
-    r = run_job("prepare", *args, "--out", str(tmp_path / "out"), "--workers", "1")
+    r = run_job(["prepare", *args, "--out", str(tmp_path / "out"), "--workers", "1"])
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
 
 
+@pytest.mark.e2e
 def test_verify_and_train_refuse_a_corrupt_or_truncated_shard(tmp_path: Path):
     corpus = tmp_path / "c.jsonl"
     write_jsonl(corpus, make_docs(60, seed=5))
     data = tmp_path / "d"
-    assert run_job("prepare", "--source", str(corpus), "--out", str(data), "--shard-tokens", "2000",
-                   "--workers", "1").returncode == 0
+    assert run_job(["prepare", "--source", str(corpus), "--out", str(data), "--shard-tokens", "2000",
+                    "--workers", "1"]).returncode == 0
     shard = data / "train_000001.bin"
     raw = bytearray(shard.read_bytes())
     raw[2000] ^= 0xFF  # a flipped token: size and header still fine, only the hash can tell
     shard.write_bytes(bytes(raw))
-    r = run_job("prepare", "--out", str(data), "--verify")
+    r = run_job(["prepare", "--out", str(data), "--verify"])
     assert r.returncode == 2 and str(shard) in r.stderr and "sha256" in r.stderr
     train = ["train", "--data", str(data), "--out-dir", str(tmp_path / "runs"), "--run", "t", "--preset", "tiny",
              "--device", "cpu", "--max-iters", "1", "--block-size", "16", "--n-layer", "1", "--n-head", "2",
              "--n-embd", "32", "--batch-size", "2"]
-    r = run_job(*train, "--verify")
+    r = run_job([*train, "--verify"])
     assert r.returncode == 2 and str(shard) in r.stderr and "sha256" in r.stderr, r.stderr
     shard.write_bytes(bytes(raw[:-10]))  # truncated: the cheap start-up check sees it
-    r = run_job(*train)
+    r = run_job(train)
     assert r.returncode == 2 and str(shard) in r.stderr and "truncated" in r.stderr, r.stderr
 
 
@@ -271,21 +268,23 @@ def test_counts_read_like_people_write_them():
             parse_count(bad, "--max-tokens")
 
 
+@pytest.mark.e2e
 def test_the_embedded_corpus_size_plan_counts_on_is_what_prepare_writes(shakespeare: Path):
     manifest = json.loads((shakespeare / "manifest.json").read_text())
     assert manifest["splits"]["train"]["tokens"] == TRAIN_TOKENS
 
 
+@pytest.mark.e2e
 def test_train_says_its_epochs_warns_past_4_and_refuses_past_max_epochs(small_env: dict, tmp_path: Path):
     """The start line counts the epochs; past 4 one warning line; past max_epochs (100) exit 2 before
     any work, unless max_epochs is raised (0: no limit)."""
     # 30 iterations x 256 tokens: a sliver of the 1.35M-token split
-    res = run_job("train", "--run", "few", env=small_env)
+    res = run_job(["train", "--run", "few"], env=small_env)
     assert res.returncode == 0 and "iterations, 0.0057 epochs of 1.35M training tokens" in res.stdout, res.stdout
     assert "warning" not in res.stderr
     # 5.3 epochs: trains, with the one line; stopped by the time window after its first step
     five = {**small_env, "JOB_MAX_ITERS": "28000", "JOB_MAX_RUNTIME": "1s"}
-    res = run_job("train", "--run", "five", env=five)
+    res = run_job(["train", "--run", "five"], env=five)
     assert res.returncode == 75, res.stderr
     assert "28,000 iterations, 5.30 epochs of 1.35M training tokens" in res.stdout
     said = [line for line in res.stderr.splitlines() if "epochs" in line or "times" in line]
@@ -293,12 +292,12 @@ def test_train_says_its_epochs_warns_past_4_and_refuses_past_max_epochs(small_en
     assert "job prepare --source fineweb-edu --max-tokens 7.17M" in said[0]
     # 189 epochs: refused before anything is written
     many = {**small_env, "JOB_MAX_ITERS": "1000000", "JOB_MAX_RUNTIME": "1s"}
-    res = run_job("train", "--run", "many", env=many)
+    res = run_job(["train", "--run", "many"], env=many)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: max_epochs: run 'many' sees its training tokens 189 times (256.00M tokens from the 1.35M-token train "
         f"split of {small_env['JOB_DATA']}), more than max_epochs=100; prepare more data (job prepare --source "
         f"fineweb-edu --max-tokens 256.00M, then train with --data fineweb-edu), lower max_iters, or set "
         f"max_epochs=0 to train anyway"], res.stderr
     assert not (Path(small_env["JOB_OUT_DIR"]) / "many" / "config.json").exists()
-    res = run_job("train", "--run", "many", "--max-epochs", "0", env=many)
+    res = run_job(["train", "--run", "many", "--max-epochs", "0"], env=many)
     assert res.returncode == 75 and "189 epochs" in res.stdout, res.stderr

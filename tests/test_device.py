@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, job_env, run_job
 from cuda_stub import RTX_4070, Card, ReachedGPU, StopAtFirstAllocation, emulated_cuda
+from harness import ROOT, SMALL, job_env, run_job
 from typer.testing import CliRunner
 
 from job.cli import app
 from job.device import configure, pick_device, pick_precision
 from job.errors import ConfigError
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 import gpu_check  # noqa: E402
 
 H200 = Card(name="NVIDIA H200", capability=(9, 0), total_bytes=141 * 2**30, free_bytes=139 * 2**30,
@@ -108,6 +108,7 @@ def train_flags(shakespeare: Path, tmp_path: Path) -> list[str]:
             "--max-iters", "2", "--eval-iters", "1"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting", ["auto", "cuda", "cuda:0"])
 def test_train_starts_on_the_card(monkeypatch, shakespeare, tmp_path, setting):
     device, output = walk(monkeypatch, ["train", "--device", setting, *train_flags(shakespeare, tmp_path)])
@@ -115,11 +116,13 @@ def test_train_starts_on_the_card(monkeypatch, shakespeare, tmp_path, setting):
     assert (tmp_path / "runs" / "tiny" / "config.json").is_file()  # past the resume point and the memory check
 
 
+@pytest.mark.e2e
 def test_train_on_the_second_card(monkeypatch, shakespeare, tmp_path):
     device, output = walk(monkeypatch, ["train", "--device", "cuda:1", *train_flags(shakespeare, tmp_path)], count=2)
     assert device == torch.device("cuda", 1), output
 
 
+@pytest.mark.e2e
 def test_train_on_a_card_past_the_last_is_one_line_and_starts_nothing(monkeypatch, shakespeare, tmp_path):
     monkeypatch.chdir(ROOT)
     with emulated_cuda(monkeypatch, 1), StopAtFirstAllocation():
@@ -129,6 +132,7 @@ def test_train_on_a_card_past_the_last_is_one_line_and_starts_nothing(monkeypatc
     assert not (tmp_path / "runs" / "tiny" / "config.json").exists()  # the lock alone: the run never started
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [["sample", "--prompt", "ROMEO:"], ["eval", "--tokens", "1k"]],
                          ids=["sample", "eval"])
 @pytest.mark.parametrize("setting", ["auto", "cuda", "cuda:0"])
@@ -138,12 +142,14 @@ def test_sample_and_eval_load_the_model_onto_the_card(monkeypatch, cpu_run, comm
     assert device == torch.device("cuda", 0), output
 
 
+@pytest.mark.e2e
 def test_export_on_a_gpu_machine_never_touches_the_card(monkeypatch, cpu_run, tmp_path):
     device, output = walk(monkeypatch, ["export", cpu_run.name, "--out-dir", str(cpu_run.parent),
                                         "--out", str(tmp_path / "hf")])
     assert device is None and (tmp_path / "hf" / "model.safetensors").is_file(), output
 
 
+@pytest.mark.e2e
 def test_plan_detects_the_card_and_measures_on_it(monkeypatch, shakespeare):
     device, output = walk(monkeypatch, ["plan", "--preset", "gpt2-40m", "--data", str(shakespeare)], card=H200)
     assert device is None and "H200" in output, output
@@ -153,7 +159,7 @@ def test_plan_detects_the_card_and_measures_on_it(monkeypatch, shakespeare):
 
 
 def gpu_check_commands(shakespeare: Path, work: Path) -> dict[str, list[str]]:
-    """The `job` command lines scripts/gpu_check.py runs on a GPU box, from its own helpers and shapes."""
+    """The `job` command lines scripts/gpu/gpu_check.py runs on a GPU box, from its own helpers and shapes."""
     ctx = gpu_check.Ctx(quick=False, device="cuda", work=work, deadline=float("inf"), data=shakespeare)
     on_card = ["--out-dir", str(work / "runs"), "--device", ctx.device]
     return {
@@ -167,6 +173,7 @@ def gpu_check_commands(shakespeare: Path, work: Path) -> dict[str, list[str]]:
     }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("row", ["gpt2-40m", "gpt2-124m", "resume", "fp16", "plan", "sample", "eval"])
 def test_the_gpu_checks_own_command_lines_start_on_the_card(monkeypatch, shakespeare, cpu_run, tmp_path, row):
     work = tmp_path / "work"

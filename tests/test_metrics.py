@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from harness import ROOT, free_port, run_job, scrape, start_job, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "trainer.json"
 SCRAPE_S = 1
 RATE_INTERVAL = f"{4 * SCRAPE_S}s"  # Grafana's $__rate_interval: max(interval + scrape, 4 x scrape)
@@ -48,42 +45,17 @@ def binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str, timeout: float = 5) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return r.read().decode()
 
 
-def train_cmd(tmp: Path, run: str, port: int, max_iters: int) -> list[str]:
-    return [sys.executable, "-m", "job", "train", "--run", run, "--out-dir", str(tmp / "runs"),
-            "--data-root", str(tmp / "data"), "--max-iters", str(max_iters), "--metrics-port", str(port),
-            *TRAIN_FLAGS]
+def trainer_args(tmp: Path, run: str, port: int, max_iters: int) -> list[str]:
+    return ["train", "--run", run, "--out-dir", str(tmp / "runs"), "--data-root", str(tmp / "data"),
+            "--max-iters", str(max_iters), "--metrics-port", str(port), *TRAIN_FLAGS]
 
 
-def child_env() -> dict[str, str]:
-    # one thread per child: the machine is shared, and the test wants the loop, not speed
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-def wait_for(what: str, fn, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc is not None and proc.poll() is not None:
-            output = log.read_text() if log else ""
-            raise AssertionError(f"trainer exited ({proc.returncode}) while waiting for {what}:\n{output}")
-        try:
-            value = fn()
-            if value:
-                return value
-        except (OSError, ValueError, LookupError):  # not up yet, or no data yet
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+NOT_YET = (OSError, ValueError, LookupError)  # Prometheus or the trainer not up yet, or no data yet
 
 
 def stop(proc: subprocess.Popen) -> int:
@@ -95,16 +67,6 @@ def stop(proc: subprocess.Popen) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
-
-
-def parse_scrape(text: str) -> dict[str, float]:
-    """`name{labels}` -> value for every sample of an exposition."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
 
 
 class Live:
@@ -123,8 +85,7 @@ class Live:
              f"--web.listen-address=127.0.0.1:{self.prom_port}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))
         self.log = tmp / "train.log"
-        self.train = subprocess.Popen(train_cmd(tmp, "live", self.metrics_port, 5000), cwd=tmp, env=child_env(),
-                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.train = start_job(trainer_args(tmp, "live", self.metrics_port, 5000), cwd=tmp, log=self.log)
 
     def api(self, path: str, **params: str) -> dict:
         url = f"http://127.0.0.1:{self.prom_port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -158,16 +119,19 @@ def live(tmp_path_factory):
     try:
         sel = f'{{job="trainer",instance="{live.instance}"}}'
         # progress past an eval and a checkpoint, seen by Prometheus over several scrapes
-        wait_for("Prometheus to see 40 iterations, an eval and a checkpoint", lambda: (
+        wait_for(lambda: (
             live.value(f"trainer_iteration{sel}") >= 40 and live.query('trainer_loss{split="val"}')
             and live.value(f"trainer_last_checkpoint_timestamp_seconds{sel}") > 0
             and live.value(f"count_over_time(trainer_iteration{sel}[1m])") >= 6),
-            timeout=90, proc=live.train, log=live.log)
+            timeout=90, what="Prometheus to see 40 iterations, an eval and a checkpoint", proc=live.train,
+            log=live.log, step=0.5, ignoring=NOT_YET)
         yield live
     finally:
         live.close()
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_prometheus_scrapes_a_real_run(live):
     sel = f'{{job="trainer",instance="{live.instance}"}}'
     end = time.time()
@@ -228,6 +192,8 @@ def substitute(expr: str, live: Live) -> str:
     return expr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_every_dashboard_query_runs(live):
     panels = data_panels(dashboard())
     titles = {p["title"] for p in panels}
@@ -241,6 +207,8 @@ def test_every_dashboard_query_runs(live):
     assert not empty, "training queries returned no data:\n" + "\n".join(empty)
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_every_dashboard_variable_query_finds_its_values(live):
     """label_values(selector, label), as Grafana runs it: the values of `label` on the selector's
     series. The currency comes from the job's own setting (EUR in this run)."""
@@ -255,6 +223,7 @@ def test_every_dashboard_variable_query_finds_its_values(live):
     assert found["gpu"] == []  # no GPU here
 
 
+@pytest.mark.tools
 def test_the_cost_panels_price_the_energy_in_the_jobs_currency(tmp_path: Path):
     """The cost panels' queries, on the series a GPU run serves (energy, iteration, target) and
     the job's price, checked by promtool. Numbers exact in binary, as promtool compares exactly:
@@ -300,17 +269,19 @@ def test_unknown_figures_are_absent_until_known():
     step = dict(iteration=1, max_iters=10, train_loss=3.0, lr=1e-3, grad_norm=1.0, step_s=0.5, tokens_per_s=1.0,
                 eta_s=5.0, state=st)
     m.on_step(StepInfo(**step, mfu=None))
-    scrape = parse_scrape(generate_latest(registry).decode())
+    served = scrape(generate_latest(registry).decode())
     unknown = ("trainer_mfu_ratio", "trainer_checkpoint_interval_seconds", "trainer_planned_stop_timestamp_seconds")
-    assert not [k for k in scrape if k.startswith(unknown)], scrape
-    assert scrape['trainer_energy_price_per_joule{currency="GBP"}'] * 3.6e6 == pytest.approx(0.3)
+    assert not [k for k in served if k.startswith(unknown)], served
+    assert served['trainer_energy_price_per_joule{currency="GBP"}'] * 3.6e6 == pytest.approx(0.3)
     m.on_step(StepInfo(**step, mfu=0.0, smoothed_step_s=0.25, planned_stop_at=1.8e9))
-    scrape = parse_scrape(generate_latest(registry).decode())
-    assert scrape["trainer_mfu_ratio"] == 0.0  # a real 0 is served once known
-    assert scrape["trainer_checkpoint_interval_seconds"] == 200 * 0.25
-    assert scrape["trainer_planned_stop_timestamp_seconds"] == 1.8e9
+    served = scrape(generate_latest(registry).decode())
+    assert served["trainer_mfu_ratio"] == 0.0  # a real 0 is served once known
+    assert served["trainer_checkpoint_interval_seconds"] == 200 * 0.25
+    assert served["trainer_planned_stop_timestamp_seconds"] == 1.8e9
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
     text = http_get(f"http://{live.instance}/metrics")
     check = subprocess.run([binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
@@ -324,34 +295,38 @@ def test_promtool_accepts_the_scrape_and_names_use_base_units(live):
     assert "metrics: no GPU figures: training on cpu" in live.log.read_text()
 
 
+@pytest.mark.tools
 def test_promtool_accepts_the_shipped_prometheus_config():
     check = subprocess.run([binary("promtool"), "check", "config", str(ROOT / "grafana" / "prometheus.yml")],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_busy_metrics_port_is_a_one_line_error(live):
-    r = subprocess.run(train_cmd(live.tmp, "busy", live.metrics_port, 10), cwd=live.tmp, env=child_env(),
-                       capture_output=True, text=True, timeout=120)
+    r = run_job(trainer_args(live.tmp, "busy", live.metrics_port, 10), cwd=live.tmp, timeout=120)
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"error: metrics_port: cannot serve on 127.0.0.1:{live.metrics_port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_restart_serves_the_run_totals_from_the_checkpoint(live):
     """SIGTERM (exit 75), start again: the run's iteration, tokens, seconds and last-checkpoint time
     carry on from the checkpoint, restarts counts it, and Prometheus sees the same series go on.
     Runs last: it replaces the live trainer."""
     assert stop(live.train) == 75
     seal = json.loads(sorted((live.tmp / "runs" / "live" / "ckpt").glob("*.json"))[-1].read_text())
-    live.train = subprocess.Popen(train_cmd(live.tmp, "live", live.metrics_port, 5000), cwd=live.tmp,
-                                  env=child_env(), stdout=open(live.log, "a"), stderr=subprocess.STDOUT)
+    live.train = start_job(trainer_args(live.tmp, "live", live.metrics_port, 5000), cwd=live.tmp, log=live.log)
 
     def stepped() -> dict[str, float] | None:  # a step done after the resume: the loop is running again
-        m = parse_scrape(http_get(f"http://{live.instance}/metrics"))
+        m = scrape(live.metrics_port)
         return m if m["trainer_step_seconds_count"] >= 1 else None
 
-    m = wait_for("a step of the resumed run", stepped, 90, live.train, live.log)
+    m = wait_for(stepped, 90, what="a step of the resumed run", proc=live.train, log=live.log, step=0.5,
+                 ignoring=NOT_YET)
     assert m["trainer_restarts"] == 1
     assert m["trainer_iteration"] > seal["iteration"]
     assert m["trainer_run_tokens"] == m["trainer_iteration"] * TOKENS_PER_ITER
@@ -360,7 +335,8 @@ def test_restart_serves_the_run_totals_from_the_checkpoint(live):
     # the counter is this process's own: it restarted from 0, which rate() reads as a reset
     assert m["trainer_tokens_total"] == (m["trainer_iteration"] - seal["iteration"]) * TOKENS_PER_ITER
     sel = f'{{job="trainer",instance="{live.instance}"}}'
-    wait_for("Prometheus to see the restart", lambda: live.value(f"trainer_restarts{sel}") == 1, 30)
+    wait_for(lambda: live.value(f"trainer_restarts{sel}") == 1, 30, what="Prometheus to see the restart", step=0.5,
+             ignoring=NOT_YET)
 
 
 # --- dashboard-linter's rules, applied to the JSON -------------------------------------------

@@ -25,12 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from conftest import final_state, job_env, read_log
+from harness import ROOT, final_state, job_env, read_log, run_job, start_job, wait_for_step
 
 from job.config import Config, coerce
 
-ROOT = Path(__file__).resolve().parents[1]
-WRAPPER = ROOT / "scripts" / "cron-train.sh"
+WRAPPER = ROOT / "scripts" / "ops" / "cron-train.sh"
 RUN = "night"
 MAX_ITERS = 24
 
@@ -61,20 +60,6 @@ def sealed_iterations(run_dir: Path) -> list[int]:
 def wrapper(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(["bash", str(WRAPPER), *args], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_step(run_dir: Path, proc: subprocess.Popen, at_least: int, since: int, timeout: float = 120) -> int:
-    """Poll log.jsonl until this start (events after the first `since`) logs a step >= at_least;
-    the step seen, or -1 if proc ended first."""
-    end = time.time() + timeout
-    while time.time() < end:
-        steps = [e["iteration"] for e in read_log(run_dir)[since:] if e["event"] == "step"]
-        if steps and steps[-1] >= at_least:
-            return steps[-1]
-        if proc.poll() is not None:
-            return -1
-        time.sleep(0.02)
-    raise AssertionError(f"no step {at_least} within {timeout}s")
 
 
 def wait_group_gone(pgid: int, timeout: float = 60) -> None:
@@ -135,7 +120,7 @@ def image_command(*args: str) -> list[str]:
     cmd = exec_form("ENTRYPOINT") + (list(args) or exec_form("CMD"))
     assert cmd[:3] == ["/usr/bin/tini", "--", "python"], cmd
     tini = shutil.which("tini")
-    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
+    assert tini, "tini not found: apt-get install -y tini (make test does this: tests/tools.sh)"
     return [tini, "--", sys.executable, *cmd[3:]]
 
 
@@ -147,7 +132,7 @@ def compose_trainer_command(*args: str) -> list[str]:
     at = entry.index("python")
     assert entry[0] == "/usr/bin/tini" and entry[at - 1] == "--" and entry[at:] == exec_form("ENTRYPOINT")[2:], entry
     tini = shutil.which("tini")
-    assert tini, "tini not found: apt-get install -y tini (make test does this: scripts/test_tools.sh)"
+    assert tini, "tini not found: apt-get install -y tini (make test does this: tests/tools.sh)"
     return [tini, *entry[1:at], sys.executable, *entry[at + 1:], *(list(args) or trainer["command"])]
 
 
@@ -191,7 +176,7 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
         if "--from=" in m.group(1):
             continue  # from the build stage, not the context
         sources += words[:-1]
-    assert {"requirements.txt", "pyproject.toml", "job", "scripts/healthcheck.py"} <= set(sources)
+    assert {"requirements.txt", "pyproject.toml", "job", "scripts/ops/healthcheck.py"} <= set(sources)
     for src in sources:
         assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
         assert not dockerignored(src, rules), f"Dockerfile copies {src}, but .dockerignore leaves it out"
@@ -200,6 +185,8 @@ def test_dockerfile_copies_exist_and_reach_the_build_context() -> None:
         assert dockerignored(secret_or_bulk, rules), f"{secret_or_bulk} would reach the build context"
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     cmd = exec_form("ENTRYPOINT") + exec_form("CMD")
     assert cmd == ["/usr/bin/tini", "--", "python", "-m", "job", "train"]
@@ -209,12 +196,14 @@ def test_entrypoint_and_cmd_work_outside_the_container(reference: Path) -> None:
     assert done["iteration"] == MAX_ITERS
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Path, tmp_path: Path) -> None:
     """What `docker stop` does without --init (RunPod, vast.ai, Kubernetes): SIGTERM to PID 1."""
     run_dir = tmp_path / "runs" / RUN
     proc = subprocess.Popen(image_command(), env=tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000"),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    assert wait_for_step(run_dir, 2, proc) >= 2
     proc.send_signal(signal.SIGTERM)  # to tini, not to python
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
@@ -224,6 +213,8 @@ def test_sigterm_to_tini_as_pid_1_reaches_the_job_which_exits_75(shakespeare: Pa
 
 # ---- the compose trainer: which endings docker's restart policy sees ----------------------------
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_compose_trainer_turns_bad_settings_into_an_ending_docker_does_not_restart(shakespeare: Path,
                                                                                  tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3")  # n_embd 32 with 3 heads: refused, exit 2
@@ -235,6 +226,8 @@ def test_compose_trainer_turns_bad_settings_into_an_ending_docker_does_not_resta
     assert "error: " in res.stderr and "n_embd" in res.stderr  # the job's own line says why, in the logs
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shakespeare: Path,
                                                                           tmp_path: Path) -> None:
     """`docker stop` (SIGTERM to tini as PID 1): the job checkpoints, exits 75, and docker sees 0,
@@ -243,7 +236,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
     run_dir = tmp_path / "runs" / RUN
     proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert wait_for_step(run_dir, proc, 2, since=0) >= 2
+    assert wait_for_step(run_dir, 2, proc) >= 2
     proc.send_signal(signal.SIGTERM)  # to tini, which passes it to python
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -254,7 +247,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
     since = len(read_log(run_dir))
     proc = subprocess.Popen(compose_trainer_command(), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    assert wait_for_step(run_dir, proc, stop["iteration"] + 1, since=since) > stop["iteration"]
+    assert wait_for_step(run_dir, stop["iteration"] + 1, proc, since) > stop["iteration"]
     (job,) = children(proc.pid)
     os.kill(job, signal.SIGKILL)
     assert proc.wait(timeout=60) == 128 + signal.SIGKILL
@@ -263,7 +256,7 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
 def test_healthcheck_probes_the_metrics_endpoint() -> None:
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-    script = [sys.executable, str(ROOT / "scripts" / "healthcheck.py")]
+    script = [sys.executable, str(ROOT / "scripts" / "ops" / "healthcheck.py")]
     assert re.search(r"HEALTHCHECK .*\n?.*scripts/healthcheck\.py", dockerfile())
     off = subprocess.run(script, env=job_env(JOB_METRICS_PORT="0"), capture_output=True, text=True)
     assert off.returncode == 0
@@ -304,7 +297,7 @@ def test_cron_install_prints_lines_for_the_window() -> None:
     assert res.returncode == 0, res.stderr
     jobs = [ln for ln in res.stdout.splitlines() if ln and not ln.startswith("#") and "=" not in ln.split()[0]]
     assert len(jobs) == 2
-    assert all(f"cd {ROOT} && scripts/cron-train.sh" in j for j in jobs)
+    assert all(f"cd {ROOT} && scripts/ops/cron-train.sh" in j for j in jobs)
     assert jobs[0].split()[:2] == ["0", "22"]  # the nightly start
     assert jobs[1].split()[1] == "22-23,0-6"  # the watchdog, inside the window only
     assert "JOB_STOP_AT=07:00" in res.stdout.splitlines()
@@ -312,6 +305,8 @@ def test_cron_install_prints_lines_for_the_window() -> None:
 
 # ---- the cron wrapper ---------------------------------------------------------------------------
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
         shakespeare: Path, reference: Path, tmp_path: Path) -> None:
     seed = int(os.environ.get("OPS_SEED", time.time_ns() % 10_000))
@@ -325,7 +320,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     #    meanwhile a second invocation must leave at once and start nothing.
     first = wrapper(env)
     target = rng.randint(4, 9)  # past the first checkpoint (3), so what follows is a resume
-    assert wait_for_step(run_dir, first, target, since=0) >= target
+    assert wait_for_step(run_dir, target, first) >= target
     second = wrapper(env)
     out, err = second.communicate(timeout=30)
     assert second.returncode == 0 and out == err == ""
@@ -339,7 +334,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     # 2: `cron-train.sh --stop` (SIGTERM to the wrapper, passed on): checkpoint and exit 75.
     since = len(read_log(run_dir))
     proc = wrapper(env)
-    got = wait_for_step(run_dir, proc, sealed_iterations(run_dir)[-1] + rng.randint(1, 5), since)
+    got = wait_for_step(run_dir, sealed_iterations(run_dir)[-1] + rng.randint(1, 5), proc, since)
     assert got > 0, proc.stderr.read()
     time.sleep(rng.uniform(0, 0.3))
     assert subprocess.run(["bash", str(WRAPPER), "--stop"], env=env, timeout=30).returncode == 0
@@ -376,6 +371,7 @@ def test_cron_wrapper_survives_kills_and_matches_an_uninterrupted_run(
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
 
 
+@pytest.mark.e2e
 def test_crash_loop_stops_after_n_failures_without_progress(shakespeare: Path, tmp_path: Path) -> None:
     # n_embd 32 with n_head 3 is a setting the job refuses (exit 2): a failure that never advances
     env = tiny_env(shakespeare, tmp_path, JOB_N_HEAD="3", JOB_MAX_FAILURES="2")
@@ -447,14 +443,12 @@ def test_docker_launcher_command_line(tmp_path: Path) -> None:
 
 # ---- the job's own time window --------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path, tmp_path: Path) -> None:
     env = tiny_env(shakespeare, tmp_path, JOB_MAX_ITERS="100000")
     run_dir = tmp_path / "runs" / RUN
-    cmd = [sys.executable, "-m", "job", "train"]
-
     launched = time.time()
-    first = subprocess.run(cmd, env={**env, "JOB_MAX_RUNTIME": "2s"}, cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300)
+    first = run_job(["train"], cwd=tmp_path, env={**env, "JOB_MAX_RUNTIME": "2s"})
     assert first.returncode == 75, first.stderr
     log = read_log(run_dir)
     stop1 = log[-1]
@@ -468,8 +462,7 @@ def test_max_runtime_and_stop_at_checkpoint_exit_75_and_resume(shakespeare: Path
     for _ in range(3):
         at = datetime.now() + timedelta(seconds=margin)
         stop_at = at.strftime("%H:%M:%S")
-        proc = subprocess.Popen(cmd, env={**env, "JOB_STOP_AT": stop_at}, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = start_job(["train"], cwd=tmp_path, env={**env, "JOB_STOP_AT": stop_at})
         while proc.poll() is None and not [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]:
             time.sleep(0.05)
         resumed = [e for e in read_log(run_dir)[len(log):] if e["event"] == "resume"]

@@ -4,14 +4,12 @@ and the one peak in training. Commands run as real `python -m job` subprocesses.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from harness import run_job
 
 from job.commands.measure import step_memory
 from job.config import resolve
@@ -20,22 +18,14 @@ from job.gpus import BY_KEY, CARDS, from_device_name
 from job.memory import activation_bytes, largest_fit, logits_bytes, memory
 from job.model import GPT, GPTConfig
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOB_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-m", "job", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
 
 def plan_json(*args: str, cwd: Path) -> dict:
-    r = job("plan", *args, "--json", cwd=cwd)
+    r = run_job(["plan", *args, "--json"], cwd=cwd)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
+@pytest.mark.e2e
 def test_scenario_figures_worked_by_hand(tmp_path):
     # nanoGPT's model and optimizer, the scenario's (the modern recipe's extra: the test below)
     p = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9",
@@ -72,10 +62,11 @@ def test_scenario_figures_worked_by_hand(tmp_path):
     assert at40["energy_kwh"] == pytest.approx(0.2 * at40["hours"])
     assert at40["cost"] == pytest.approx(0.17 * at40["energy_kwh"])
     # the same command's table names the figures people read
-    table = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9", cwd=tmp_path)
+    table = run_job(["plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--dataset-tokens", "3.68e9"], cwd=tmp_path)
     assert table.returncode == 0 and "58.3 TFLOP/s" in table.stdout and "2.85" in table.stdout
 
 
+@pytest.mark.e2e
 def test_epochs_from_the_prepared_manifest(tmp_path):
     data = tmp_path / "data" / "mini"
     data.mkdir(parents=True)
@@ -89,6 +80,7 @@ def test_epochs_from_the_prepared_manifest(tmp_path):
     assert p["tokens"]["epochs"] == pytest.approx(204_800 / 3000)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, expected", [
     (["--gpu", "rtx-9999"], "rtx-4070"),  # the valid choices are listed
     (["--gpu", "rtx-4070", "--mfu", "1.5"], "(0, 1]"),
@@ -97,7 +89,7 @@ def test_epochs_from_the_prepared_manifest(tmp_path):
     (["--gpu", "rtx-4070", "--batch-size", "-4"], ">= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, expected):
-    r = job("plan", *args, cwd=tmp_path)
+    r = run_job(["plan", *args], cwd=tmp_path)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], r.stderr
@@ -123,6 +115,7 @@ def test_memory_model_matches_torch_on_cpu(n_layer, n_embd, block, batch, dtype)
     assert predicted["weight_copies"] == pytest.approx(measured["weights"], rel=0.15)
 
 
+@pytest.mark.e2e
 def test_the_modern_recipe_adds_its_head_muons_flops_and_state_worked_by_hand(tmp_path):
     old = plan_json("--preset", "gpt2-40m", "--recipe", "nanogpt", "--gpu", "rtx-4070", cwd=tmp_path)
     new = plan_json("--preset", "gpt2-40m", "--gpu", "rtx-4070", cwd=tmp_path)
@@ -161,6 +154,7 @@ def test_card_table_rows_and_device_names():
         assert from_device_name(name).key == key, name
 
 
+@pytest.mark.e2e
 def test_measure_on_cpu_plans_at_the_mfu_measured(tmp_path):
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--grad-accum", "2", "--max-iters", "10", "--device", "cpu"]
@@ -173,11 +167,12 @@ def test_measure_on_cpu_plans_at_the_mfu_measured(tmp_path):
     assert m["energy_kwh"] == pytest.approx(0.065 * m["hours"])
 
 
-def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
+@pytest.mark.e2e
+def test_training_mfu_on_cpu_only_with_a_peak(tmp_path, shakespeare):
     tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
             "--max-iters", "1", "--eval-iters", "1", "--log-interval", "1", "--metrics-port", "0"]
-    for run, extra in (("nopeak", []), ("peak", ["--peak-tflops", "0.5"])):
-        r = job("train", *tiny, "--run", run, *extra, cwd=tmp_path)
+    for run, extra in (("nopeak", []), ("peak", ["--peak-tflops", "0.5"])):  # on the corpus prepared once
+        r = run_job(["train", *tiny, "--run", run, "--data", str(shakespeare), *extra], cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     def step(run: str) -> dict:
         lines = (tmp_path / "runs" / run / "log.jsonl").read_text().splitlines()
@@ -189,12 +184,13 @@ def test_training_mfu_on_cpu_only_with_a_peak(tmp_path):
     assert s["mfu"] == pytest.approx(per_token * s["tokens_per_s"] / 0.5e12, rel=0.01)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "not yet prepared"])
 def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(tmp_path, shakespeare, prepared):
     """gpt2-40m's 10.49B tokens over Shakespeare's 1.35M: about 7,757 epochs, said before the run,
     with the split's size and the command that prepares more; before the corpus exists too."""
     root = shakespeare.parent if prepared else tmp_path / "data"
-    r = job("plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root), cwd=tmp_path)
+    r = run_job(["plan", "--preset", "gpt2-40m", "--gpu", "rtx-4070", "--data-root", str(root)], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stdout.splitlines() if line.startswith("warning:")]
     assert warnings == [
@@ -207,6 +203,7 @@ def test_a_gpu_preset_on_the_embedded_corpus_warns_about_its_epochs_in_one_line(
     assert not (tmp_path / "data").exists(), "plan prepared the corpus: it must only read"
 
 
+@pytest.mark.e2e
 def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
     for preset_args in (["--preset", "tiny"], ["--preset", "gpt2-40m", "--max-iters", "10"]):
         p = plan_json(*preset_args, "--gpu", "rtx-4070", "--data-root", str(shakespeare.parent), cwd=tmp_path)
@@ -215,7 +212,7 @@ def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
 
 def test_the_compiled_step_is_planned_at_what_an_h200_measured(tmp_path):
     """gpt2-40m, modern, bf16, compiled, 16 x 1024: the H200's allocator peaked at 5.49 GB
-    (scripts/gpu_check.sh, torch 2.11); the plan's tensors (its total less the workspace outside
+    (scripts/gpu/gpu_check.sh, torch 2.11); the plan's tensors (its total less the workspace outside
     the allocator) must be within 10% of it."""
     p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--dtype", "bfloat16", "--compile", "--no-auto-batch",
                   "--dataset-tokens", "1e9", cwd=tmp_path)

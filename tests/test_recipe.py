@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, kill_9_after_checkpoint, read_log, run_job
+from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, kill_9_after_checkpoint, read_log, run_job
 
 from job import optim
 from job.config import Config, resolve
@@ -53,7 +53,7 @@ def test_recipe_nanogpt_resolves_to_mains_tiny_and_modern_sets_the_rest_together
     assert {k: getattr(old, k) for k in MAIN_TINY} == MAIN_TINY
     assert (old.optimizer, old.schedule, old.activation, old.tie_embeddings, old.zero_init) == \
         ("adamw", "cosine", "gelu", True, False)
-    new = resolve(environ={}, dotenv=None)  # tiny's default: the winner of scripts/bench_recipe.py
+    new = resolve(environ={}, dotenv=None)  # tiny's default: the winner of scripts/bench/bench_recipe.py
     assert (new.recipe, new.optimizer, new.schedule, new.activation, new.tie_embeddings, new.zero_init) == \
         ("modern", "muon", "wsd", "relu2", False, True)
     # a setting given with the recipe wins over it, from any source
@@ -63,6 +63,7 @@ def test_recipe_nanogpt_resolves_to_mains_tiny_and_modern_sets_the_rest_together
     assert Config().recipe == "nanogpt" and Config().optimizer == "adamw"  # imports build nanoGPT's optimizer
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flag, value, says", [
     ("recipe", "adam", "recipe: unknown recipe 'adam'; choose one of nanogpt, modern"),
     ("optimizer", "sgd", "optimizer: 'sgd' is not one of adamw, muon"),
@@ -101,6 +102,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_group_at_its_own
     assert [g["lr"] for g in opt.param_groups] == [1.5e-3 * cfg.muon_lr / cfg.lr, 1.5e-3, 1.5e-3]
 
 
+@pytest.mark.e2e
 def test_recipe_nanogpt_trains_bitwise_as_main_did(shakespeare, tmp_path):
     env = job_env(**REF_RUN, JOB_RECIPE="nanogpt", JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path))
     res = run_job(["train", "--run", "ref"], cwd=ROOT, env=env)
@@ -112,21 +114,23 @@ def test_recipe_nanogpt_trains_bitwise_as_main_did(shakespeare, tmp_path):
 
 
 # dtype auto is bf16 on a CPU with native bf16 (this project's): fp32 is kept tested through nanogpt
+@pytest.mark.e2e
 @pytest.mark.parametrize("recipe, dtype", [("nanogpt", "float32"), ("modern", "auto")])
 def test_kill_9_mid_run_resumes_bitwise_with_every_recipe(shakespeare, tmp_path, recipe, dtype):
-    def env(out: str) -> dict[str, str]:
-        return job_env(**SMALL, JOB_RECIPE=recipe, JOB_DTYPE=dtype, JOB_DATA=str(shakespeare),
-                       JOB_OUT_DIR=str(tmp_path / out))
+    def env(out: str) -> dict[str, str]:  # 15 iterations: killed after 6, resumed through the eval at 10
+        return job_env(**{**SMALL, "JOB_MAX_ITERS": "15"}, JOB_RECIPE=recipe, JOB_DTYPE=dtype,
+                       JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(tmp_path / out))
 
     assert run_job(["train", "--run", "r"], cwd=ROOT, env=env("ref")).returncode == 0
-    kill_9_after_checkpoint(tmp_path / "cut" / "r", env("cut"), 12)
+    kill_9_after_checkpoint(tmp_path / "cut" / "r", env("cut"), 6)
     res = run_job(["train", "--run", "r"], cwd=ROOT, env=env("cut"))
-    assert res.returncode == 0 and "resuming from ckpt_00000012" in res.stdout, res.stderr
+    assert res.returncode == 0 and "resuming from ckpt_00000006" in res.stdout, res.stderr
     a, b = final_state(tmp_path / "cut" / "r"), final_state(tmp_path / "ref" / "r")
     assert_states_equal(a, b)
     assert ("muon" in a["optimizer"]) == (recipe == "modern")
 
 
+@pytest.mark.e2e
 def test_a_resume_that_changes_the_recipe_is_refused_naming_it_and_an_old_checkpoint_is_nanogpt(shakespeare,
                                                                                               tmp_path):
     env = job_env(**{**SMALL, "JOB_MAX_ITERS": "3", "JOB_CKPT_INTERVAL": "3"}, JOB_RECIPE="nanogpt",
@@ -154,12 +158,13 @@ def test_a_resume_that_changes_the_recipe_is_refused_naming_it_and_an_old_checkp
     assert res.returncode == 0 and "resuming from ckpt_00000003" in res.stdout, res.stderr
 
 
+@pytest.mark.e2e
 def test_bench_recipe_quick_prints_the_table_and_writes_it(tmp_path):
     import json
     import subprocess
 
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "scripts/bench_recipe.py", "--quick", "--out", str(out)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "scripts/bench/bench_recipe.py", "--quick", "--out", str(out)], cwd=ROOT,
                          env=job_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "| tiny | nanogpt |" in res.stdout and "| tiny | modern |" in res.stdout

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from harness import (
     ROOT,
     assert_states_equal,
     final_state,
@@ -27,6 +27,9 @@ from job.data.loader import TrainLoader
 from job.state import LoaderState
 
 RUN = "r"
+
+
+pytestmark = pytest.mark.e2e
 
 
 def losses_by_iter(run_dir: Path) -> dict[int, list[float]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job
+from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job, wait_for
 
 from job.data.dataset import open_dataset
 from job.data.loader import TrainLoader
@@ -49,6 +49,9 @@ WEIGHT_ATOL = 1e-5
 # directions of low-rank early gradients. The function stays the same (the losses); the tolerance
 # is 3x the measurement.
 MODERN_LOSS_RTOL, MODERN_ATOL = 1e-4, 0.03
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.torchrun]
 
 
 def scale_env(data: Path, out: Path, **extra: str) -> dict[str, str]:
@@ -116,15 +119,6 @@ def ended(proc: subprocess.Popen, env: dict[str, str], out: Path, timeout: float
         time.sleep(5)
         proc.kill()
         raise AssertionError(f"hung; the stacks:\n{out.read_text()[-20000:]}") from None
-
-
-def wait_for(predicate, timeout: float = 180, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stepped(run_dir: Path, iteration: int) -> bool:
@@ -244,7 +238,7 @@ def test_kill_9_of_one_rank_the_agent_restarts_the_group_and_it_ends_bitwise(two
     env = scale_env(shakespeare, tmp_path / "runs")
     run_dir = tmp_path / "runs" / RUN
     proc = torchrun(env, tmp_path / "out.txt", max_restarts=1)
-    wait_for(lambda: sealed(run_dir, 3), what="the first checkpoint")
+    wait_for(lambda: sealed(run_dir, 3), 180, what="the first checkpoint")
     os.kill(worker(env, 1), signal.SIGKILL)
     assert ended(proc, env, tmp_path / "out.txt") == 0, (tmp_path / "out.txt").read_text()[-4000:]
     resumes = [r for r in read_log(run_dir) if r["event"] == "resume"]
@@ -256,7 +250,7 @@ def test_kill_9_of_one_rank_without_restarts_every_process_exits_within_60_s(sha
     env = scale_env(shakespeare, tmp_path / "runs")
     run_dir = tmp_path / "runs" / RUN
     proc = torchrun(env, tmp_path / "out.txt", max_restarts=0)
-    wait_for(lambda: sealed(run_dir, 3), what="the first checkpoint")
+    wait_for(lambda: sealed(run_dir, 3), 180, what="the first checkpoint")
     rank0 = worker(env, 0)
     os.kill(worker(env, 1), signal.SIGKILL)
     killed = time.time()
@@ -270,7 +264,7 @@ def test_sigterm_to_one_worker_stops_every_rank_after_the_same_step_then_resumes
     env = scale_env(shakespeare, tmp_path / "runs")
     run_dir = tmp_path / "runs" / RUN
     proc = launcher(env, tmp_path / "out.txt")
-    wait_for(lambda: stepped(run_dir, 4), what="a few steps")
+    wait_for(lambda: stepped(run_dir, 4), 180, what="a few steps")
     os.kill(worker(env, 1), signal.SIGTERM)
     assert ended(proc, env, tmp_path / "out.txt") == 75, (tmp_path / "out.txt").read_text()[-4000:]
     out = (tmp_path / "out.txt").read_text()
@@ -297,7 +291,7 @@ def test_sigterm_to_the_torchrun_agent_stops_every_rank_with_75_and_no_restart(o
     env = scale_env(shakespeare, tmp_path / "runs", JOB_MAX_RESTARTS="1")
     run_dir = tmp_path / "runs" / RUN
     proc = launcher(env, tmp_path / "out.txt")
-    wait_for(lambda: stepped(run_dir, 4), what="a few steps")
+    wait_for(lambda: stepped(run_dir, 4), 180, what="a few steps")
     os.kill(agent(env), signal.SIGTERM)
     assert ended(proc, env, tmp_path / "out.txt") == 75, (tmp_path / "out.txt").read_text()[-4000:]
     assert "ended with exit 75, 75; exit 75" in (tmp_path / "out.txt").read_text()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from conftest import ROOT, SMALL, job_env, run_job, start_job
+from harness import ROOT, SMALL, free_port, job_env, run_job
 
 COMPOSE = ROOT / "grafana" / "compose.yml"
 TRAINER_PORT = 9838  # the documented default; the test below uses it as documented
@@ -39,7 +39,7 @@ def compose() -> dict:
 # ---- the image ------------------------------------------------------------------------------------
 
 def test_the_images_torch_and_cuda_are_a_published_pair_and_cu128_is_refused():
-    script = [sys.executable, str(ROOT / "scripts" / "check_torch_cuda.py")]
+    script = [sys.executable, str(ROOT / "scripts" / "gpu" / "check_torch_cuda.py")]
     ok = subprocess.run(script, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "Dockerfile: torch 2.13.0 cu130" in ok.stdout and "CUDA=cu126: torch 2.13.0 cu126" in ok.stdout
@@ -145,18 +145,14 @@ def test_make_monitor_without_the_compose_plugin_says_what_to_install(tmp_path: 
 
 # ---- a trainer on the host, the shipped Prometheus config -----------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def prom_query(port: int, expr: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())["data"]["result"]
 
 
+@pytest.mark.e2e
+@pytest.mark.tools
 def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_config(shakespeare: Path,
                                                                                   tmp_path: Path):
     with socket.socket() as s:
@@ -173,8 +169,9 @@ def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_conf
     settings = {**SMALL, "JOB_DATA": str(shakespeare), "JOB_OUT_DIR": str(tmp_path / "runs"),
                 "JOB_MAX_ITERS": "100000", "JOB_CKPT_INTERVAL": "1000"}
     settings.pop("JOB_METRICS_PORT")  # the documented default, as a user would run it
-    env = job_env(**settings)
-    trainer = start_job(["train", "--run", "host"], cwd=tmp_path, env=env)  # metrics settings: the defaults
+    # start_job would turn metrics off; here they are the defaults, so the process is started as a user would
+    trainer = subprocess.Popen([sys.executable, "-m", "job", "train", "--run", "host"], cwd=tmp_path,
+                               env=job_env(**settings), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline, seen = time.time() + 120, []
         while time.time() < deadline and not seen:
@@ -217,6 +214,7 @@ def matrix_env(shakespeare: Path, tmp_path: Path, in_file: dict, environ: dict) 
                    JOB_WORKDIR=str(tmp_path), JOB_PYTHON=sys.executable, **environ)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("in_file, environ, flag, expected", MATRIX, ids=[m[3] for m in MATRIX])
 def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, flag, expected, shakespeare: Path,
                                                            tmp_path: Path):
@@ -225,7 +223,7 @@ def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, fl
     if flag:  # cron passes no flags: the flag row is the commands' own
         assert run_job(["train", *run_args], cwd=tmp_path, env=env).returncode == 0
     else:
-        cron = subprocess.run(["bash", str(ROOT / "scripts" / "cron-train.sh")], env=env, capture_output=True,
+        cron = subprocess.run(["bash", str(ROOT / "scripts" / "ops" / "cron-train.sh")], env=env, capture_output=True,
                               text=True, timeout=300)
         assert cron.returncode == 0, cron.stderr
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == [expected]
@@ -238,6 +236,7 @@ def test_one_run_name_for_make_cron_train_status_and_sample(in_file, environ, fl
     assert re.search(rf"^run\s+{expected} \(done\)$", make.stdout, re.M), make.stdout + make.stderr
 
 
+@pytest.mark.e2e
 def test_a_preset_in_the_env_file_names_the_run_for_every_command(tmp_path: Path):
     env_file = tmp_path / "settings.env"
     env_file.write_text(f"JOB_PRESET=gpt2-124m\nJOB_OUT_DIR={tmp_path / 'runs'}\n")
@@ -251,6 +250,7 @@ def test_a_preset_in_the_env_file_names_the_run_for_every_command(tmp_path: Path
 
 # ---- time, buckets, version -----------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_the_window_is_logged_as_a_local_time_with_its_offset(small_env, tmp_path: Path):
     env = {**small_env, "TZ": "Asia/Kolkata", "JOB_MAX_ITERS": "2"}
     res = run_job(["train", "--run", "tz", "--stop-at", "23:59"], cwd=tmp_path, env=env)
@@ -268,6 +268,7 @@ def test_step_buckets_resolve_an_h100_step_and_the_scenarios_step():
         assert edges[0] == low and edges[-1] == high
 
 
+@pytest.mark.e2e
 def test_version():
     from job import __version__
 

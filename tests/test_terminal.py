@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL, job_env, run_in_pty
+from harness import ROOT, SMALL, job_env, run_in_pty
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -54,12 +54,14 @@ def trained_run(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return env
 
 
+@pytest.mark.e2e
 def test_prepare_draws_its_bar(tmp_path: Path):
     text = in_pty(["prepare", "--source", "shakespeare", "--out", str(tmp_path / "d")], job_env())
     bar_drawn(text, "tokenising plays", "plays")
     assert (tmp_path / "d" / "manifest.json").is_file()
 
 
+@pytest.mark.e2e
 def test_prepare_of_local_files_draws_its_detailed_bar(tmp_path: Path):
     src = tmp_path / "text.txt"
     src.write_text("ROMEO: But, soft! what light through yonder window breaks?\n" * 2000)
@@ -69,16 +71,19 @@ def test_prepare_of_local_files_draws_its_detailed_bar(tmp_path: Path):
     assert (tmp_path / "d" / "manifest.json").is_file()
 
 
+@pytest.mark.e2e
 def test_train_prints_its_lines(trained_run):
     assert json.loads((Path(trained_run["JOB_OUT_DIR"]) / "t" / "DONE").read_text())["iteration"] == 6
 
 
+@pytest.mark.e2e
 def test_eval_draws_its_bar(trained_run):
-    text = in_pty(["eval", "t"], trained_run)
+    text = in_pty(["eval", "t", "--tokens", "20k"], trained_run)  # 156 batches: a bar drawn for a while
     bar_drawn(text, "val", "batches")
     assert re.search(r"^val +loss \d", text, re.M), text[-2000:]
 
 
+@pytest.mark.e2e
 def test_eval_hellaswag_draws_its_bar(trained_run, tmp_path: Path):
     path = tmp_path / "hs.jsonl"
     path.write_text("".join(json.dumps({"ctx": f"ROMEO: {i}", "endings": ["a", "b c", "d", "e f g"], "label": 0})
@@ -87,11 +92,13 @@ def test_eval_hellaswag_draws_its_bar(trained_run, tmp_path: Path):
     bar_drawn(text, "hellaswag", "examples")
 
 
+@pytest.mark.e2e
 def test_sample_streams_text(trained_run):
     text = in_pty(["sample", "t", "--prompt", "ROMEO:", "--tokens", "20"], trained_run)
     assert text.lstrip().startswith("ROMEO:") and len(text.strip()) > len("ROMEO:"), text
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [["status", "t"], ["report", "t"], ["plan"], ["plan", "--measure"]],
                          ids=["status", "report", "plan", "plan --measure"])
 def test_reports_print_in_a_terminal(trained_run, command):
@@ -100,6 +107,7 @@ def test_reports_print_in_a_terminal(trained_run, command):
     assert re.search(rf"^{first}\b", text.lstrip(), re.M), text[-2000:]
 
 
+@pytest.mark.e2e
 def test_make_train_in_a_terminal(tmp_path: Path):
     """The first command a new user types, in a terminal: prepares the corpus, trains, samples."""
     env = job_env(JOB_DATA_ROOT=str(tmp_path / "data"), JOB_OUT_DIR=str(tmp_path / "runs"))
@@ -128,6 +136,7 @@ def test_the_pty_really_is_a_terminal(tmp_path: Path):
     assert "[False, False, False]" in res.stdout
 
 
+@pytest.mark.e2e
 def test_a_command_that_fails_in_a_terminal_still_says_one_line(tmp_path: Path):
     rc, out = run_in_pty([sys.executable, "-m", "job", "train", "--n-embd", "30", "--n-head", "4"], cwd=tmp_path,
                          env=job_env(JOB_OUT_DIR=str(tmp_path / "runs")))

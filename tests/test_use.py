@@ -13,13 +13,12 @@ import json
 import math
 import signal
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, read_log, run_job, start_job
+from harness import ROOT, read_log, run_job, start_job, wait_for
 
 from job import checkpoint
 from job.config import Config
@@ -31,15 +30,11 @@ TEXT = ("Hello world! It's 3.14159 o'clock; they'll say  \"naïve café\" — �
         "light through yonder window breaks?   \n")
 
 
+pytestmark = pytest.mark.e2e
+
+
 def out_dir_of(env: dict) -> str:
     return env["JOB_OUT_DIR"]
-
-
-def wait_for(predicate, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 # ---- an independent GPT-2 forward, from nanoGPT's tensors alone ---------------------------------
@@ -189,7 +184,7 @@ def _bundled():
 
 
 def _env(**extra: str) -> dict[str, str]:
-    from conftest import job_env
+    from harness import job_env
 
     return job_env(JOB_METRICS_PORT="0", JOB_DEVICE="cpu", **extra)
 
@@ -293,7 +288,7 @@ def test_import_refuses_what_it_cannot_take_in_one_line(small_env, tmp_path):
 @pytest.fixture(scope="module")
 def trained(shakespeare: Path, tmp_path_factory) -> tuple[Path, dict]:
     """SMALL trained for 10 iterations (one eval at 10); read-only."""
-    from conftest import SMALL, job_env
+    from harness import SMALL, job_env
 
     out = tmp_path_factory.mktemp("use")
     env = job_env(**{**SMALL, "JOB_DROPOUT": "0"}, JOB_DATA=str(shakespeare), JOB_OUT_DIR=str(out / "runs"))
@@ -446,7 +441,8 @@ def assert_report_agrees_with_status(runs: Path, run: str, env: dict) -> dict:
 def test_report_draws_a_stopped_and_resumed_run_and_one_still_going(small_env):
     runs = Path(out_dir_of(small_env))
     proc = start_job(["train", "--run", "r", "--max-iters", "100000"], cwd=ROOT, env=small_env)
-    wait_for(lambda: any(r["event"] == "checkpoint" and r["iteration"] >= 6 for r in read_log(runs / "r")))
+    wait_for(lambda: any(r["event"] == "checkpoint" and r["iteration"] >= 6 for r in read_log(runs / "r")),
+             what="checkpoint 6", proc=proc, step=0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 75
     stopped = [r for r in read_log(runs / "r") if r["event"] == "stop"][-1]["iteration"]
@@ -462,7 +458,8 @@ def test_report_draws_a_stopped_and_resumed_run_and_one_still_going(small_env):
 
     going = start_job(["train", "--run", "g", "--max-iters", "100000"], cwd=ROOT, env=small_env)
     try:
-        wait_for(lambda: any(r["event"] == "checkpoint" for r in read_log(runs / "g")))
+        wait_for(lambda: any(r["event"] == "checkpoint" for r in read_log(runs / "g")), what="a checkpoint",
+                 proc=going, step=0.05)
         going.send_signal(signal.SIGSTOP)  # hold it mid-run, so report and status read the same files
         mid = assert_report_agrees_with_status(runs, "g", small_env)
         assert not mid["done"] and mid["iteration"] > 0

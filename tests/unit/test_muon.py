@@ -9,7 +9,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import ROOT
+from harness import ROOT
 
 from job.config import resolve
 from job.model import build_model
@@ -80,7 +80,7 @@ def test_a_modern_run_steps_its_hidden_matrices_with_the_stacked_muon():
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_optim", ROOT / "scripts" / "bench_optim.py")
+    spec = importlib.util.spec_from_file_location("bench_optim", ROOT / "scripts" / "bench" / "bench_optim.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -208,7 +208,7 @@ def test_the_one_place_a_command_ends_can_read_the_world_without_importing_torch
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from harness import ROOT
 
     code = "import sys, job.dist, job.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -6,8 +6,8 @@ fail; the exit code is 0 only if no row FAILs. Every figure comes from a real `p
 process (torchrun included) or a timed kernel; each process has a timeout taken from one time
 budget (--budget, default 570 s), so the whole call fits 10 minutes on an H200 including compiles.
 
-    scripts/gpu_check.sh --out DIR            on a GPU box (it bootstraps what a bare one lacks)
-    scripts/gpu_check.sh --quick --out DIR    every row small on the CPU; the CUDA-only ones SKIP
+    scripts/gpu/gpu_check.sh --out DIR            on a GPU box (it bootstraps what a bare one lacks)
+    scripts/gpu/gpu_check.sh --quick --out DIR    every row small on the CPU; the CUDA-only ones SKIP
 """
 
 from __future__ import annotations
@@ -16,20 +16,21 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # the test harness: standard library, numpy and torch only
+from harness import NanAt, free_port, scrape, wait_for, wait_for_step  # noqa: E402
+
 # The CPU stand-in for every model (--quick): the 50304-way head dominates, so keep the rest small.
 SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
          "--loss-chunk", "0", "--grad-accum", "1", "--peak-tflops", "1"]
@@ -212,15 +213,6 @@ def plan_vs_measured(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     return text, figs
 
 
-def wait_for_step(proc: subprocess.Popen, log: Path, iteration: int, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and f'"iteration": {iteration},' in log.read_text():
-            return
-        time.sleep(0.05)
-    raise Fail(f"the run never reached iteration {iteration} (exit {proc.poll()})")
-
-
 def max_difference(a: Path, b: Path) -> float:
     """The largest absolute difference between two runs' final model tensors (0.0: bitwise)."""
     sa, sb = final_checkpoint(a), final_checkpoint(b)
@@ -237,7 +229,10 @@ def sigterm_resume(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     args = [sys.executable, "-m", "job", *train_args(ctx, "cut", shape, iters, "--ckpt-interval", "1000000")]
     proc = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_step(proc, cut / "log.jsonl", stop_at, min(180, ctx.left()))
+        try:
+            wait_for_step(cut, stop_at, proc, timeout=min(180, ctx.left()))
+        except AssertionError as e:
+            raise Fail(f"the run never reached iteration {stop_at} (exit {proc.poll()})") from e
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=min(120, ctx.left()))
     finally:
@@ -265,7 +260,6 @@ def sigterm_resume(ctx: Ctx) -> tuple[str, dict[str, Any]]:
 
 def rollback_child(settings: dict[str, Any]) -> int:
     """In a process of its own: the real loop, with the model's loss made NaN at the chosen steps."""
-    import torch
 
     from job.config import resolve
     from job.hooks import RunHooks
@@ -275,22 +269,7 @@ def rollback_child(settings: dict[str, Any]) -> int:
     bad = set(settings.pop("bad_steps"))
     cfg = resolve(settings, environ={}, dotenv=None)
     session = setup(cfg, RunHooks(), RunDir(cfg.run_dir))
-    model, calls = session.step_model, [0]
-
-    class NanAt(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Any:
-            logits, loss = self.model(x, y)
-            if self.training:
-                calls[0] += 1
-                if (calls[0] - 1) // cfg.grad_accum + 1 in bad:
-                    loss = loss * float("nan")
-            return logits, loss
-
-    session.step_model = NanAt()
+    session.step_model = NanAt(session.step_model, bad, cfg.grad_accum)
     try:
         return run_loop(session)
     finally:
@@ -371,26 +350,16 @@ def torchrun_ddp(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     return f"{backend}; " + "; ".join(seen), {"processes": counts}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def scraped_past(port: int, after: float, timeout: float) -> dict[str, float]:
+    """The endpoint's series once it shows an iteration above `after`."""
+    def past() -> dict[str, float] | None:
+        series = scrape(port, timeout=2)
+        return series if series.get("trainer_iteration", 0) > after else None
 
-
-def scrape(port: int, after: float, timeout: float) -> dict[str, float]:
-    """The trainer_* series once the endpoint shows an iteration above `after`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-            series = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith("trainer_")}
-            if series.get("trainer_iteration", 0) > after:
-                return series
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise Fail(f"the metrics endpoint showed no iteration above {after:.0f} in {timeout:.0f} s")
+    try:
+        return wait_for(past, timeout, what=f"an iteration above {after:.0f}", step=0.25, ignoring=(OSError,))
+    except AssertionError as e:
+        raise Fail(f"the metrics endpoint showed no iteration above {after:.0f} in {timeout:.0f} s") from e
 
 
 def gpu_series(ctx: Ctx) -> tuple[str, dict[str, Any]]:
@@ -401,9 +370,9 @@ def gpu_series(ctx: Ctx) -> tuple[str, dict[str, Any]]:
     proc = subprocess.Popen([sys.executable, "-m", "job", *args], cwd=ROOT, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        first = scrape(port, 0, min(120, ctx.left()))
+        first = scraped_past(port, 0, min(120, ctx.left()))
         time.sleep(gap)
-        second = scrape(port, first["trainer_iteration"], min(60, ctx.left()))
+        second = scraped_past(port, first["trainer_iteration"], min(60, ctx.left()))
     finally:
         proc.terminate()
         proc.wait(timeout=120)

@@ -1,12 +1,12 @@
-"""The wheels a bare GPU box lacks for scripts/gpu_check.sh, and the proof that they are enough.
+"""The wheels a bare GPU box lacks for scripts/gpu/gpu_check.sh, and the proof that they are enough.
 
 Invariant: the set in the destination is closed for the target Python and platform: every
 Requires-Dist of every carried wheel (markers evaluated for that Python on linux x86_64) names a
-carried wheel or a distribution the box has (scripts/gpu_box.txt), and nothing carried is unneeded.
+carried wheel or a distribution the box has (scripts/gpu/gpu_box.txt), and nothing carried is unneeded.
 
-    python scripts/gpu_wheels.py build --dest .whl            for the box: CPython 3.12, manylinux x86_64
-    python scripts/gpu_wheels.py build --dest D --python-version 3.11     the same set for another Python
-    python3 scripts/gpu_wheels.py missing .whl                on the box: the wheels it still lacks
+    python scripts/gpu/gpu_wheels.py build --dest .whl            for the box: CPython 3.12, manylinux x86_64
+    python scripts/gpu/gpu_wheels.py build --dest D --python-version 3.11     the same set for another Python
+    python3 scripts/gpu/gpu_wheels.py missing .whl                on the box: the wheels it still lacks
 
 `build` lets pip resolve with --only-binary; a dependency published only as an sdist (future) is
 built here into a pure-python wheel, which is refused unless it is tagged none-any. `missing`
@@ -24,8 +24,8 @@ from email.parser import Parser
 from importlib import metadata
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BOX = ROOT / "scripts" / "gpu_box.txt"
+ROOT = Path(__file__).resolve().parents[2]
+BOX = ROOT / "scripts" / "gpu" / "gpu_box.txt"
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "any")
 
 

@@ -4,7 +4,7 @@ machine's drift falls on both. Each run's time is its own log's clock from its f
 carries the warm-up, left out) to its last. Prints figures and what auto picks here; asserts
 nothing. Val loss at 800 iterations in each dtype is in docs/gpu.md, "`dtype=auto` on a CPU" (one run each).
 
-    python scripts/bench_dtype.py [--steps 40] [--rounds 2]     (make bench-dtype)
+    python scripts/bench/bench_dtype.py [--steps 40] [--rounds 2]     (make bench-dtype)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from job.device import pick_precision
 from job.rundir import RunDir
 from job.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def seconds_per_step(dtype: str, steps: int, data: Path, out: Path) -> float:

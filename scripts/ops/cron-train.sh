@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start or resume one training run, safe to call from cron as often as you like.
 #
-#   scripts/cron-train.sh           start/resume the run unless it runs, is DONE or is given up
-#   scripts/cron-train.sh --stop    ask a running job to checkpoint and exit 75 (SIGTERM)
-#   scripts/cron-train.sh --reset   forget the crash-loop counter, then start/resume
+#   scripts/ops/cron-train.sh           start/resume the run unless it runs, is DONE or is given up
+#   scripts/ops/cron-train.sh --stop    ask a running job to checkpoint and exit 75 (SIGTERM)
+#   scripts/ops/cron-train.sh --reset   forget the crash-loop counter, then start/resume
 #
 # Settings come from the environment, then from the env file (JOB_ENV_FILE, default .env in the
 # repository); the real environment wins, as it does for the job itself:
@@ -23,7 +23,7 @@
 # live next to it, never inside the run directory.
 set -uo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mode=run
 case "${1:-}" in
   "") ;;

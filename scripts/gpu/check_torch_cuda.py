@@ -3,10 +3,10 @@
 The Dockerfile installs `torch==<requirements.txt's pin>` from PyTorch's `<TORCH_CUDA>` index on
 `CUDA_IMAGE`; the Makefile's DOCKER_VARIANTS offer the other variant. A pair PyTorch never
 published fails the build only on a machine with Docker, minutes in; this fails at `make lint`,
-in a second, naming the fix. Facts: scripts/torch_cuda.tsv.
+in a second, naming the fix. Facts: scripts/gpu/torch_cuda.tsv.
 
-    python scripts/check_torch_cuda.py                       check the repository's files
-    python scripts/check_torch_cuda.py --torch 2.13.0 --cuda cu128   check one pair
+    python scripts/gpu/check_torch_cuda.py                       check the repository's files
+    python scripts/gpu/check_torch_cuda.py --torch 2.13.0 --cuda cu128   check one pair
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def published(table: Path = ROOT / "scripts" / "torch_cuda.tsv") -> dict[str, set[str]]:
+def published(table: Path = ROOT / "scripts" / "gpu" / "torch_cuda.tsv") -> dict[str, set[str]]:
     rows = (line.split("\t") for line in table.read_text().splitlines() if line and not line.startswith("#"))
     return {version: set(variants.split()) for version, variants in rows}
 
@@ -28,7 +28,7 @@ def problem(torch_version: str, variant: str, base_image: str | None = None) -> 
     """None when the pair is published (and the base image's CUDA is the variant's), else why not."""
     table = published()
     if torch_version not in table:
-        return (f"torch {torch_version} is not in scripts/torch_cuda.tsv; add its row from PyTorch's release "
+        return (f"torch {torch_version} is not in scripts/gpu/torch_cuda.tsv; add its row from PyTorch's release "
                 f"compatibility matrix")
     if variant not in table[torch_version]:
         return (f"torch {torch_version} has no {variant} build (published: {', '.join(sorted(table[torch_version]))});"

@@ -5,7 +5,7 @@ Builds a .jsonl corpus of ~3 KB documents from the embedded plays (repeated to -
   prepare: the real `job prepare` path on the file (read, parse, tokenise in --workers processes,
            write and hash shards), in-process so interpreter start-up is not counted.
 The two alternate, --repeat times each, and the best of each is kept; the ratio is prepare / raw. Usage:
-  python scripts/bench_prepare.py [--mb 32] [--workers N] [--repeat 3] [--shard-tokens 2M]
+  python scripts/bench/bench_prepare.py [--mb 32] [--workers N] [--repeat 3] [--shard-tokens 2M]
 """
 
 from __future__ import annotations

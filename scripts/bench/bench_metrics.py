@@ -2,7 +2,7 @@
 (a scraper hitting /metrics every second, 15x more often than grafana/prometheus.yml), interleaved
 in blocks within one run, and the per-step cost of the hook itself. Prints figures; asserts nothing.
 
-    python scripts/bench_metrics.py [--iters 200] [--block 5]     (make bench-metrics)
+    python scripts/bench/bench_metrics.py [--iters 200] [--block 5]     (make bench-metrics)
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import socket
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -25,13 +26,10 @@ from job.metrics import TrainingMetrics, monitoring
 from job.state import TrainState
 from job.train import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from harness import free_port  # noqa: E402
+
 WARMUP = 3  # first steps carry allocation and cache warm-up, in both modes alike
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_interleaved(out_dir: str, iters: int, block: int) -> dict[bool, list[float]]:
@@ -47,7 +45,7 @@ def run_interleaved(out_dir: str, iters: int, block: int) -> dict[bool, list[flo
     stop = threading.Event()
     last = [time.perf_counter()]
 
-    def scrape() -> None:
+    def keep_scraping() -> None:
         while not stop.wait(1.0):
             if active.is_set():
                 with contextlib.suppress(OSError):
@@ -67,7 +65,7 @@ def run_interleaved(out_dir: str, iters: int, block: int) -> dict[bool, list[flo
             if info.iteration % block == 0:  # switch mode for the next block of steps
                 active.clear() if on else active.set()
 
-        threading.Thread(target=scrape, daemon=True).start()
+        threading.Thread(target=keep_scraping, daemon=True).start()
         train(cfg, RunHooks(on_start=hooks.on_start, on_step=on_step, energy_meter=hooks.energy_meter))
         stop.set()
     return times

@@ -21,8 +21,8 @@ The learning rates are the presets' (job/config.py PRESET_RECIPES); where they c
 recorded in SWEEP below (this script runs no sweep); the larger shape uses tiny's too.
 `--quick` (the test suite's) trains one seed for a few iterations.
 
-    .venv/bin/python scripts/bench_recipe.py [--quick] [--iters 100] [--share 0.5] [--seeds 3] [--out FILE]
-    .venv/bin/python scripts/bench_recipe.py --iters 800 --curve-tokens 16384   # docs/benchmarks.md's table: 95 min
+    .venv/bin/python scripts/bench/bench_recipe.py [--quick] [--iters 100] [--share 0.5] [--seeds 3] [--out FILE]
+    .venv/bin/python scripts/bench/bench_recipe.py --iters 800 --curve-tokens 16384 # docs/benchmarks.md's table: 95 min
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402

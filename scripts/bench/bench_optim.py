@@ -2,7 +2,7 @@
 (each a kernel launch or more on a GPU, where launches are what a small model's step pays for) and
 its seconds on this machine, for the hidden matrices of a preset's shape (gpt2-40m by default).
 
-    .venv/bin/python scripts/bench_optim.py [--preset gpt2-40m] [--steps 5]
+    .venv/bin/python scripts/bench/bench_optim.py [--preset gpt2-40m] [--steps 5]
 
 Both optimizers step the same matrices with the same gradients from the same state; the table says
 whether their weights came out equal. Ops are a steady step's (the second: the first also creates the momentum buffers);
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from job.config import resolve  # noqa: E402
 from job.model import build_model  # noqa: E402
