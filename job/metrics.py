@@ -144,8 +144,8 @@ class TrainingMetrics:
             "exit 75 (max_runtime, stop_at; Unix time); absent when neither is set", r)
         self.price = Gauge("trainer_energy_price_per_joule", "Electricity price per joule (price_per_kwh / 3.6e6), "
                            "in the label's currency", ["currency"], registry=r)
-        self.rent = Gauge("trainer_gpu_rent_per_second", "Rent of one GPU per second (price_per_gpu_hour / 3600; "
-                          "0: your own card), in the label's currency", ["currency"], registry=r)
+        self.rent = Gauge("trainer_rent_price_per_gpu_second", "Rent of one GPU for one second (price_per_gpu_hour / "
+                          "3600; 0: your own card), in the label's currency", ["currency"], registry=r)
         self.run_gpu_seconds = Gauge("trainer_run_gpu_seconds", "GPU-seconds of the run: training wall time x "
                                      "the job's GPUs (across restarts)", registry=r)
         self.run_cost = OptionalGauge("trainer_run_cost", "What the run cost so far, in the prices' currency "

@@ -202,8 +202,8 @@ def timed_sample(s: Session) -> str | None:
     same seed every time, so the samples read as the model's progress, not as luck); printed,
     logged with its seconds, and handed to the observers. No random stream of training is drawn
     from, so a resumed run trains exactly as one never stopped."""
-    if not (s.cfg.sample_tokens and s.world.writer):
-        return None
+    if not (s.cfg.sample_tokens and s.world.writer) or not math.isfinite(s.state.val_loss or 0.0):
+        return None  # a model whose loss is not finite has no probabilities to sample from
     t0 = time.time()
     enc = get_encoding()
     ids = enc.encode(s.cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]

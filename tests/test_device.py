@@ -183,6 +183,7 @@ def test_the_gpu_checks_own_command_lines_start_on_the_card(monkeypatch, shakesp
     assert device == torch.device("cuda", 0), output
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("card, micro_batch", [(H200, 64), (RTX_4070, 16)], ids=["H200", "RTX 4070"])
 def test_auto_batch_plans_the_largest_micro_batch_the_card_holds(monkeypatch, shakespeare, tmp_path, card, micro_batch):
     """gpt2-40m's 512 sequences an iteration: the cap (64 x 1024) on an H200's 139 GB, the preset's

@@ -108,6 +108,7 @@ def test_no_bracketed_help_text_is_eaten(command):
     assert "<bool>" not in text
 
 
+@pytest.mark.e2e
 def test_the_shell_completes_commands_and_every_setting_flag():
     """Shell completion is on: the `job` script completes a command and a setting's flag, as bash
     asks it to (what `job --install-completion` sets up), and prints its bash script."""

@@ -158,6 +158,10 @@ def test_prometheus_scrapes_a_real_run(live):
     assert 0.1 < live.value(f"trainer_checkpoint_interval_seconds{sel}") / (25 * step) < 10  # --ckpt-interval 25
     # the job's own price and currency, per joule: the dashboard's cost needs nothing else
     assert live.value('trainer_energy_price_per_joule{currency="EUR",job="trainer"}') * 3.6e6 == pytest.approx(0.25)
+    # no rent (price_per_gpu_hour 0) and no energy meter on a CPU: no cost to serve, the GPU-seconds all the same
+    assert live.value('trainer_rent_price_per_gpu_second{currency="EUR",job="trainer"}') == 0
+    assert live.query(f"trainer_run_cost{sel}") == []
+    assert live.value(f"trainer_run_gpu_seconds{sel}") == pytest.approx(live.value(f"trainer_run_seconds{sel}"))
     info = live.query(f"trainer_info{sel}")[0]["metric"]
     assert info["run"] == "live" and info["device"] == "cpu" and int(info["params"]) > 0, info
     # no GPU here: the device series are absent, not zero

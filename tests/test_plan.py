@@ -210,6 +210,7 @@ def test_within_four_epochs_there_is_no_warning(tmp_path, shakespeare):
         assert p["tokens"]["epochs"] <= 4 and p["tokens"]["warning"] is None, p["tokens"]
 
 
+@pytest.mark.e2e
 def test_the_compiled_step_is_planned_at_what_an_h200_measured(tmp_path):
     """gpt2-40m, modern, bf16, compiled, 16 x 1024: the H200's allocator peaked at 5.49 GB
     (scripts/gpu/gpu_check.sh, torch 2.11); the plan's tensors (its total less the workspace outside
@@ -221,6 +222,7 @@ def test_the_compiled_step_is_planned_at_what_an_h200_measured(tmp_path):
     assert abs((m["total"] - m["workspace"]) / 5.49e9 - 1) <= 0.10, m
 
 
+@pytest.mark.e2e
 def test_plan_plans_at_the_micro_batch_auto_batch_takes_on_the_card(tmp_path):
     """The GPU presets' auto_batch: job plan's memory is that of the micro-batch job train would
     take on the card (64 x 1024 on an H200, the preset's 16 on a 12 GB RTX 4070), tokens unchanged."""
