@@ -27,7 +27,7 @@ import torch
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
 from harness import ROOT, final_state, job_env, read_log, run_job, start_job, wait_for_step
 
-from job.config import Config, coerce
+from job.config import Config, coerce, resolve
 
 WRAPPER = ROOT / "scripts" / "ops" / "cron-train.sh"
 RUN = "night"
@@ -253,10 +253,58 @@ def test_compose_trainer_stops_with_a_checkpoint_and_a_kill_stays_a_failure(shak
     assert proc.wait(timeout=60) == 128 + signal.SIGKILL
 
 
+HEALTHCHECK = [sys.executable, str(ROOT / "scripts" / "ops" / "healthcheck.py")]
+
+
+def test_healthcheck_holds_a_trainer_to_its_own_pace() -> None:
+    """The trainer's own metrics (job/metrics.py's TrainingMetrics, served for real) in the states a
+    night goes through, the clock moved by setting the timestamps they hold."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from job.metrics import TrainingMetrics
+
+    registry = CollectorRegistry()
+    m = TrainingMetrics(registry, resolve({"preset": "tiny"}, environ={}, dotenv=None))
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    env = job_env(JOB_METRICS_PORT=str(server.server_address[1]))
+
+    def probe() -> subprocess.CompletedProcess:
+        return subprocess.run(HEALTHCHECK, env=env, capture_output=True, text=True, timeout=60)
+
+    now = time.time()
+    try:
+        assert probe().returncode == 0  # served, not started: setting up
+        m.target.set(800)
+        m.start.set(now - 10 * 60)
+        assert probe().returncode == 0  # compiling the first step, 10 minutes in
+        m.start.set(now - 40 * 60)
+        res = probe()
+        assert res.returncode == 1 and "no first step 40 min after the start" in res.stderr, res.stderr
+        m.start.set(now - 3600)
+        m._previous = now - 3600
+        m.iteration.set(100)
+        m.progress(now - 1200, 0.3)  # a first gap of 40 min (compile, and an eval): limit 3 x 40 min
+        assert probe().returncode == 0, "20 minutes since the last step is within 2 hours"
+        m._longest_gap = 0.0
+        m.progress(now - 600, 0.3)  # a run of 0.3 s steps whose longest gap was 10 min: limit 30 min
+        assert probe().returncode == 0
+        m._longest_gap = 0.0
+        m._previous = now - 601
+        m.progress(now - 600, 0.3)  # gaps of 1 s: the 5-minute floor; 10 min without a step is a stall
+        res = probe()
+        assert res.returncode == 1 and "no step for 10.0 min at iteration 100" in res.stderr, res.stderr
+        m.iteration.set(800)
+        assert probe().returncode == 0  # done: nothing left to stall
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 def test_healthcheck_probes_the_metrics_endpoint() -> None:
     from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-    script = [sys.executable, str(ROOT / "scripts" / "ops" / "healthcheck.py")]
+    script = HEALTHCHECK
     assert re.search(r"HEALTHCHECK .*\n?.*scripts/healthcheck\.py", dockerfile())
     off = subprocess.run(script, env=job_env(JOB_METRICS_PORT="0"), capture_output=True, text=True)
     assert off.returncode == 0

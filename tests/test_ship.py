@@ -189,6 +189,11 @@ def test_a_trainer_started_on_the_host_is_scraped_by_the_shipped_prometheus_conf
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as r:
             rules = [r["name"] for g in json.loads(r.read())["data"]["groups"] for r in g["rules"]]
         assert len(rules) == 6 and "TrainerStalled" in rules
+        # the image's HEALTHCHECK against this real trainer, on the documented default port: it is stepping
+        health = subprocess.run([sys.executable, str(ROOT / "scripts" / "ops" / "healthcheck.py")], env=job_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0, health.stderr
+        assert prom_query(port, "trainer_stall_limit_seconds >= 300")  # the floor, for steps this short
     finally:
         trainer.send_signal(signal.SIGTERM)
         trainer.communicate(timeout=120)
