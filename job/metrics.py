@@ -146,11 +146,14 @@ class TrainingMetrics:
                            "in the label's currency", ["currency"], registry=r)
         self.rent = Gauge("trainer_rent_price_per_gpu_second", "Rent of one GPU for one second (price_per_gpu_hour / "
                           "3600; 0: your own card), in the label's currency", ["currency"], registry=r)
+        self.price.labels(cfg.currency).set(cfg.price_per_kwh / JOULES_PER_KWH)
+        self.rent.labels(cfg.currency).set(cfg.price_per_gpu_hour / 3600)
         self.run_gpu_seconds = Gauge("trainer_run_gpu_seconds", "GPU-seconds of the run: training wall time x "
                                      "the job's GPUs (across restarts)", registry=r)
-        self.run_cost = OptionalGauge("trainer_run_cost", "What the run cost so far, in the prices' currency "
-                                      "(their label): electricity (where energy is measured) plus rent; absent "
-                                      "when neither is known", r)
+        # labelled by currency, and served once known (a labelled gauge has no sample until set)
+        self.run_cost = Gauge("trainer_run_cost", "What the run cost so far, in the label's currency: electricity "
+                              "(where energy is measured) plus rent (price_per_gpu_hour); absent when neither is "
+                              "known", ["currency"], registry=r)
         self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
         self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
                                "the gradient was not finite", registry=r)
@@ -172,8 +175,6 @@ class TrainingMetrics:
         self.start.set(time.time())
         self._previous = time.time()
         self.target.set(info.max_iters)
-        self.price.labels(self.cfg.currency).set(self.cfg.price_per_kwh / JOULES_PER_KWH)
-        self.rent.labels(self.cfg.currency).set(self.cfg.price_per_gpu_hour / 3600)
         self.set_totals(info.state)
         if info.checkpoint_saved_at is not None:  # the checkpoint this start resumed from
             self.last_ckpt.set(info.checkpoint_saved_at)
@@ -190,7 +191,7 @@ class TrainingMetrics:
         if self.run_energy is not None:
             self.run_energy.set(st.energy_j)
         if self.run_energy is not None or self.cfg.price_per_gpu_hour:
-            self.run_cost.set(cost(st.energy_j, st.gpu_s, Prices.of(self.cfg))["cost"])
+            self.run_cost.labels(self.cfg.currency).set(cost(st.energy_j, st.gpu_s, Prices.of(self.cfg))["cost"])
 
     def on_step(self, i: StepInfo) -> None:
         now = time.time()

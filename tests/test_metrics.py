@@ -229,15 +229,17 @@ def test_every_dashboard_variable_query_finds_its_values(live):
 
 @pytest.mark.tools
 def test_the_cost_panels_price_the_energy_in_the_jobs_currency(tmp_path: Path):
-    """The cost panels' queries, on the series a GPU run serves (energy, iteration, target) and
-    the job's price, checked by promtool. Numbers exact in binary, as promtool compares exactly:
-    2^20 J at 2^-20 EUR/J is 1 EUR, and 2 EUR at max_iters from half the run."""
+    """The cost panels' queries, on the series a GPU run serves (its cost, GPU-seconds, iteration,
+    target) and the job's prices, checked by promtool. Numbers exact in binary, as promtool compares
+    exactly: 1 EUR so far is 2 EUR at max_iters from half the run; 2^-12 EUR per GPU-second."""
     sel = 'job="trainer", instance="gpu-box:9838"'
-    series = {f"trainer_run_energy_joules{{{sel}}}": str(2**20), f"trainer_iteration{{{sel}}}": "512",
-              f"trainer_target_iterations{{{sel}}}": "1024",
-              f'trainer_energy_price_per_joule{{{sel}, currency="EUR"}}': str(2**-20)}
+    series = {f'trainer_run_cost{{{sel}, currency="EUR"}}': "1", f"trainer_iteration{{{sel}}}": "512",
+              f"trainer_target_iterations{{{sel}}}": "1024", f"trainer_run_gpu_seconds{{{sel}}}": "7200",
+              f'trainer_energy_price_per_joule{{{sel}, currency="EUR"}}': str(2**-20),
+              f'trainer_rent_price_per_gpu_second{{{sel}, currency="EUR"}}': str(2**-12)}
     wanted = {"Cost so far ($currency)": 1.0, "Projected cost at finish ($currency)": 2.0,
-              "Electricity price ($currency per kWh)": 3.6e6 * 2**-20}
+              "Electricity price ($currency per kWh)": 3.6e6 * 2**-20,
+              "Rent ($currency per GPU-hour)": 3600 * 2**-12, "GPU-hours so far": 2.0}
     panels = {p["title"]: p for p in data_panels(dashboard())}
     fill = {'=~"$job"': '=~"trainer"', '=~"$instance"': '=~".+"'}
     inputs = "".join(f"      - series: '{k}'\n        values: '{v}x5'\n" for k, v in series.items())
@@ -246,8 +248,11 @@ def test_the_cost_panels_price_the_energy_in_the_jobs_currency(tmp_path: Path):
         expr = panels[title]["targets"][0]["expr"]
         for variable, given in fill.items():
             expr = expr.replace(variable, given)
+        labels = sel + (', currency="EUR"' if "$currency" in title else "")
+        if bare := re.fullmatch(r"(\w+)\{[^}]*\}", expr):  # a plain selector keeps the series' name
+            labels += f', __name__="{bare.group(1)}"'
         tests += (f"      - expr: '{expr}'\n        eval_time: 2m\n        exp_samples:\n"
-                  f"          - labels: '{{{sel}, currency=\"EUR\"}}'\n            value: {value}\n")
+                  f"          - labels: '{{{labels}}}'\n            value: {value}\n")
     spec = tmp_path / "cost.yml"
     spec.write_text(f"tests:\n  - interval: 1m\n    input_series:\n{inputs}    promql_expr_test:\n{tests}")
     res = subprocess.run([binary("promtool"), "test", "rules", str(spec)], capture_output=True, text=True, timeout=60)
@@ -282,6 +287,28 @@ def test_unknown_figures_are_absent_until_known():
     assert served["trainer_mfu_ratio"] == 0.0  # a real 0 is served once known
     assert served["trainer_checkpoint_interval_seconds"] == 200 * 0.25
     assert served["trainer_planned_stop_timestamp_seconds"] == 1.8e9
+    assert not [k for k in served if k.startswith("trainer_run_cost")]  # no meter, no rent: not known
+
+
+def test_the_run_cost_is_its_energy_at_the_price_plus_its_gpu_hours_at_the_rent():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from job.config import resolve
+    from job.metrics import TrainingMetrics
+    from job.state import TrainState
+
+    registry = CollectorRegistry(auto_describe=True)
+    cfg = resolve({"preset": "tiny", "price_per_kwh": 0.25, "price_per_gpu_hour": 2.5, "currency": "EUR"},
+                  environ={}, dotenv=None)
+    m = TrainingMetrics(registry, cfg)
+    m.set_totals(TrainState(iteration=5, gpu_s=7200.0))  # rent alone (no energy meter): 2 GPU-hours
+    assert scrape(generate_latest(registry).decode())['trainer_run_cost{currency="EUR"}'] == pytest.approx(5.0)
+    m.enable_energy(registry)
+    m.set_totals(TrainState(iteration=6, gpu_s=7200.0, energy_j=4 * 3.6e6))  # and 4 kWh
+    served = scrape(generate_latest(registry).decode())
+    assert served['trainer_run_cost{currency="EUR"}'] == pytest.approx(5.0 + 4 * 0.25)
+    assert served["trainer_run_gpu_seconds"] == 7200.0
+    assert served['trainer_rent_price_per_gpu_second{currency="EUR"}'] * 3600 == pytest.approx(2.5)
 
 
 @pytest.mark.e2e
