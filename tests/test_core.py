@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,22 @@ def test_chunked_head_loss_matches_full_logits():
     assert torch.allclose(loss_a, loss_b, atol=1e-6)
     for (name, a), b in zip(plain.named_parameters(), chunked.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.e2e
+def test_status_costs_the_run_at_its_own_prices_unless_set_now(small_env):
+    """The rent a run was started with (a flag) is what `job status` charges its GPU-hours at; a price
+    set in the environment now wins. No energy meter on a CPU: the electricity is 0."""
+    out = small_env["JOB_OUT_DIR"]
+    res = run_job(["train", "--run", "rented", "--max-iters", "4", "--price-per-gpu-hour", "3600"], cwd=ROOT,
+                  env=small_env)
+    assert res.returncode == 0, res.stderr
+    st = json.loads(run_job(["status", "rented", "--out-dir", out, "--json"], cwd=ROOT, env=small_env).stdout)
+    assert st["gpu_hours"] == pytest.approx(st["elapsed_s"] / 3600) and st["gpu_hours"] > 0
+    assert st["rent_cost"] == pytest.approx(st["elapsed_s"], rel=1e-3)  # 3600 an hour: one a second
+    assert st["energy_cost"] == 0 and st["cost"] == pytest.approx(st["rent_cost"])
+    now = json.loads(run_job(["status", "rented", "--out-dir", out, "--json"], cwd=ROOT,
+                             env={**small_env, "JOB_PRICE_PER_GPU_HOUR": "7200", "JOB_CURRENCY": "EUR"}).stdout)
+    assert now["rent_cost"] == pytest.approx(2 * st["rent_cost"], rel=1e-3) and now["currency"] == "EUR"
+    text = run_job(["status", "rented", "--out-dir", out], cwd=ROOT, env=small_env).stdout
+    assert re.search(r"cost +[\d.]+ USD: electricity 0\.00 \(0\.000 kWh\), rent [\d.]+ \([\d.]+ GPU-hours\)", text)

@@ -4,6 +4,7 @@ and the one peak in training. Commands run as real `python -m job` subprocesses.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,21 @@ def test_plan_plans_at_the_micro_batch_auto_batch_takes_on_the_card(tmp_path):
         assert p["tokens"]["per_iter"] == 524_288 and "auto_batch: the largest that fits" in p["memory"]["micro_batch"]
     p = plan_json("--preset", "gpt2-40m", "--gpu", "h200", "--no-auto-batch", "--dataset-tokens", "1e10", cwd=tmp_path)
     assert (p["config"]["batch_size"], p["memory"]["micro_batch"]) == (16, "")
+
+
+@pytest.mark.e2e
+def test_a_rented_card_costs_its_rent_beside_the_electricity(tmp_path):
+    """8 rented H100s at 2.5 an hour each: the rent is hours x 8 x 2.5 in every row, beside the
+    electricity, and the cost is their sum; the text names both parts."""
+    args = ("--preset", "gpt2-124m", "--gpu", "h100-sxm", "--nproc", "8", "--price-per-gpu-hour", "2.5",
+            "--dataset-tokens", "1e10")
+    p = plan_json(*args, cwd=tmp_path)
+    for row in p["time"]:
+        assert row["gpu_hours"] == pytest.approx(8 * row["hours"])
+        assert row["rent_cost"] == pytest.approx(8 * row["hours"] * 2.5)
+        assert row["energy_cost"] == pytest.approx(row["energy_kwh"] * 0.17)
+        assert row["cost"] == pytest.approx(row["rent_cost"] + row["energy_cost"])
+        assert row["rent_cost"] > 10 * row["energy_cost"]  # renting costs far more than the power
+    text = run_job(["plan", *args], cwd=tmp_path).stdout
+    assert re.search(r"time +MFU +s/iter +hours +kWh +power +rent +cost", text), text
+    assert "rent 2.5 USD per GPU-hour x 8 GPUs" in text
