@@ -15,7 +15,7 @@ NPROC  ?=
 nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype bench-optim
+.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype bench-optim bench-compile
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ bench-recipe: setup ## Val loss per token and per second of each recipe, 3 seeds
 bench-dtype: setup ## Step time of tiny in fp32 and bf16 on this CPU, and what dtype=auto picks
 	$(BIN)/python scripts/bench/bench_dtype.py $(ARGS)
 
+bench-compile: setup ## Seconds to the first step of a compiled run, cold and from the compile cache
+	$(BIN)/python scripts/bench/bench_compile.py $(ARGS)
+
 bench-optim: setup ## One Muon step for gpt2-40m's matrices, torch's way and stacked: aten ops and seconds
 	$(BIN)/python scripts/bench/bench_optim.py $(ARGS)
 
@@ -93,7 +96,7 @@ gpu-wheels: setup ## The closed set of wheels a bare GPU box (CPython 3.12, many
 	rm -rf .whl
 	$(BIN)/python scripts/gpu/gpu_wheels.py build --dest .whl --python-version 3.12
 
-bench: bench-prepare bench-metrics bench-dtype bench-optim bench-recipe ## Run the benchmarks
+bench: bench-prepare bench-metrics bench-dtype bench-optim bench-compile bench-recipe ## Run the benchmarks
 
 clean: ## Remove the venv and caches (never runs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
