@@ -142,6 +142,17 @@ class TrainingMetrics:
         self.planned_stop = OptionalGauge(
             "trainer_planned_stop_timestamp_seconds", "When this process stops on purpose, checkpointed, with "
             "exit 75 (max_runtime, stop_at; Unix time); absent when neither is set", r)
+        self.cost_series(r, cfg)
+        self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
+        self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
+                               "the gradient was not finite", registry=r)
+        self.run_seconds = Gauge("trainer_run_seconds", "Training wall time of the run (across restarts)",
+                                 registry=r)
+        # Only served when there is a meter (NVML); a 0 on a CPU would read as "free".
+        self.run_energy: Gauge | None = None
+
+    def cost_series(self, r: CollectorRegistry, cfg: Config) -> None:
+        """The prices, served from the start, and what the run has cost, served once known."""
         self.price = Gauge("trainer_energy_price_per_joule", "Electricity price per joule (price_per_kwh / 3.6e6), "
                            "in the label's currency", ["currency"], registry=r)
         self.rent = Gauge("trainer_rent_price_per_gpu_second", "Rent of one GPU for one second (price_per_gpu_hour / "
@@ -154,13 +165,6 @@ class TrainingMetrics:
         self.run_cost = Gauge("trainer_run_cost", "What the run cost so far, in the label's currency: electricity "
                               "(where energy is measured) plus rent (price_per_gpu_hour); absent when neither is "
                               "known", ["currency"], registry=r)
-        self.restarts = Gauge("trainer_restarts", "Times this run was resumed from a checkpoint", registry=r)
-        self.skipped = Counter("trainer_skipped_steps", "Steps whose update this process skipped: the loss or "
-                               "the gradient was not finite", registry=r)
-        self.run_seconds = Gauge("trainer_run_seconds", "Training wall time of the run (across restarts)",
-                                 registry=r)
-        # Only served when there is a meter (NVML); a 0 on a CPU would read as "free".
-        self.run_energy: Gauge | None = None
 
     def enable_energy(self, registry: CollectorRegistry) -> None:
         self.run_energy = Gauge("trainer_run_energy_joules", "GPU energy used by the run (across restarts, "
