@@ -498,11 +498,11 @@ def say_compiled(s: Session, step_s: float) -> None:
 
 
 def log_step(s: Session, i: StepInfo) -> None:
-    i.logged = True
-    s.log.write("step", **i.state.summary(), loader=vars(i.state.loader), train_loss=i.train_loss, lr=i.lr,
-                grad_norm=i.grad_norm,
-                step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
-                eta_s=round(i.eta_s, 1), **({"skipped": True} if i.skipped else {}))
+    """The step's record in log.jsonl, kept on the StepInfo for the observers (job/trackers.py)."""
+    i.record = dict(**i.state.summary(), loader=dict(vars(i.state.loader)), train_loss=i.train_loss, lr=i.lr,
+                    grad_norm=i.grad_norm, step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1),
+                    mfu=i.mfu, eta_s=round(i.eta_s, 1), **({"skipped": True} if i.skipped else {}))
+    s.log.write("step", **i.record)
     print(terminal_line(i), flush=True)
 
 
