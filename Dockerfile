@@ -36,13 +36,14 @@ RUN apt-get update \
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY requirements.txt ./
+COPY requirements.txt requirements-trackers.txt ./
 # torch: the version requirements.txt pins, as the CUDA build from PyTorch's own index; every
-# other package from the same exact pins as the local venv.
+# other package from the same exact pins as the local venv, the optional trackers' too
+# (TensorBoard, W&B: JOB_TRACKERS turns them on).
 RUN torch_pin=$(grep -E '^torch==' requirements.txt) \
  && /opt/venv/bin/pip install "$torch_pin" --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" \
  && grep -vE '^torch==' requirements.txt > /tmp/requirements-notorch.txt \
- && /opt/venv/bin/pip install -r /tmp/requirements-notorch.txt
+ && /opt/venv/bin/pip install -r /tmp/requirements-notorch.txt -r requirements-trackers.txt
 COPY pyproject.toml README.md ./
 COPY job ./job
 RUN /opt/venv/bin/pip install --no-deps . \

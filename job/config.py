@@ -91,6 +91,7 @@ class Config:
                                 "Monitoring and cost")
     metrics_addr: str = setting("127.0.0.1", "address the metrics server listens on")
     gpu_metrics: bool = setting(True, "serve trainer_gpu_* from NVML; off where dcgm-exporter reports the cards")
+    trackers: str = setting("", "experiment trackers: tensorboard, wandb, or both, comma-separated (empty: none)")
     peak_tflops: float = setting(0.0, "peak TFLOP/s for MFU (0: the card's own, if known)")
     max_runtime: str = setting("", "checkpoint and exit 75 after this long, e.g. 8h30m (empty: no limit)")
     stop_at: str = setting("", "checkpoint and exit 75 at this local time, HH:MM[:SS] (empty: never)")
@@ -195,6 +196,13 @@ PRESET_RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 ENV_PREFIX = "JOB_"
+TRACKERS = ("tensorboard", "wandb")  # job/trackers.py
+
+
+def tracker_names(setting: str) -> list[str]:
+    """The trackers a `trackers` setting names, in the order given, each once."""
+    names = [n.strip().lower() for n in setting.split(",") if n.strip()]
+    return list(dict.fromkeys(names))
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -392,6 +400,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.dtype in ("auto", "float32", "bfloat16", "float16"),
            f"dtype: '{cfg.dtype}' is not one of auto, float32, bfloat16, float16")
     check_device(cfg.device)
+    for name in tracker_names(cfg.trackers):
+        _check(name in TRACKERS, f"trackers: unknown tracker '{name}'; choose from {', '.join(TRACKERS)}, "
+                                 f"comma-separated (empty: none)")
     _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.run_name) is not None,
            f"run: '{cfg.run_name}' must be letters, digits, '.', '_' or '-' (it names a directory)")
     if cfg.max_runtime:

@@ -79,8 +79,11 @@ def start(cfg: Config, fresh: bool, verify: bool) -> int:
 
 def train_here(cfg: Config, fresh: bool, verify: bool, world: dist.World) -> int:
     """This process's part of `job train`: the run's lock and files are rank 0's (the only
-    process's), the metrics each machine's (job/metrics.py), the training every rank's."""
+    process's), the metrics each machine's (job/metrics.py), the trackers rank 0's
+    (job/trackers.py), the training every rank's."""
+    from job.hooks import chain
     from job.metrics import monitoring
+    from job.trackers import tracking
     from job.train import train
 
     run = RunDir(cfg.run_dir)
@@ -92,7 +95,9 @@ def train_here(cfg: Config, fresh: bool, verify: bool, world: dist.World) -> int
         dist.from_rank0(lambda: held.enter_context(owning(run, fresh)))
         # Prometheus metrics on metrics_addr:metrics_port while it runs
         hooks = dist.agreed(lambda: held.enter_context(monitoring(cfg, world)))
-        return train(cfg, hooks, verify)
+        # TensorBoard, W&B: a missing package ends here, before any training
+        tracked = dist.agreed(lambda: held.enter_context(tracking(cfg, world, run)))
+        return train(cfg, chain(hooks, tracked), verify)
 
 
 def launch(cfg: Config, fresh: bool, verify: bool) -> int:

@@ -3,6 +3,7 @@
     runs/<run>/config.json   the resolved settings of the newest start
                log.jsonl     one JSON record a line, appended as the run goes (job status, job report)
                report.png    the run as a picture, when `job report` last drew it
+               tensorboard/  wandb/  trackers.json   the experiment trackers' (job/trackers.py)
                ckpt/         checkpoints and their seals (job/checkpoint.py)
                DONE          the run's summary once max_iters is reached
                lock          held (flock) by the one `job train` that owns the run; holds its pid

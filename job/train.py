@@ -498,13 +498,13 @@ def say_compiled(s: Session, step_s: float) -> None:
 
 
 def log_step(s: Session, i: StepInfo) -> None:
-    i.logged = True
+    """The step's record in log.jsonl, kept on the StepInfo for the observers (job/trackers.py)."""
     # on a card, the allocator's peak so far: what job plan's memory model is held to (a query, no sync)
     peak = {"peak_memory_bytes": torch.cuda.max_memory_allocated(s.device)} if s.device.type == "cuda" else {}
-    s.log.write("step", **i.state.summary(), loader=vars(i.state.loader), train_loss=i.train_loss, lr=i.lr,
-                grad_norm=i.grad_norm,
-                step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1), mfu=i.mfu,
-                eta_s=round(i.eta_s, 1), **peak, **({"skipped": True} if i.skipped else {}))
+    i.record = dict(**i.state.summary(), loader=dict(vars(i.state.loader)), train_loss=i.train_loss, lr=i.lr,
+                    grad_norm=i.grad_norm, step_ms=round(i.step_s * 1e3, 3), tokens_per_s=round(i.tokens_per_s, 1),
+                    mfu=i.mfu, eta_s=round(i.eta_s, 1), **peak, **({"skipped": True} if i.skipped else {}))
+    s.log.write("step", **i.record)
     print(terminal_line(i), flush=True)
 
 

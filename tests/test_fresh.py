@@ -32,7 +32,8 @@ def bare_bin(tmp_path: Path, apt_get: bool) -> Path:
 
 
 # What `make test` reads before its tools check: the Makefile, the check, and the venv's inputs.
-MAKE_TEST_READS = ("Makefile", "tests/tools.sh", "requirements.txt", "requirements-dev.txt", "pyproject.toml")
+MAKE_TEST_READS = ("Makefile", "tests/tools.sh", "requirements.txt", "requirements-dev.txt",
+                   "requirements-trackers.txt", "pyproject.toml")
 
 
 def readable_copy(tmp_path: Path) -> Path:

@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from job.commands.timeline import MARKS, Timeline
+from job.timeline import MARKS, Timeline
 from job.units import human_count, human_duration
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from job import checkpoint
 from job.commands.plot import draw
 from job.commands.status import run_status
-from job.commands.timeline import Timeline, timeline
 from job.config import Config
 from job.cost import Prices, run_prices
 from job.fileio import atomic_write_bytes
 from job.rundir import RunDir
+from job.timeline import Timeline, timeline
 from job.units import human_count, human_duration
 
 

@@ -61,6 +61,7 @@ def modules_loaded_by(module: str, importers: dict[bool, subprocess.Popen], with
 
 @pytest.mark.parametrize("module, must_not_load", [
     ("job.metrics", {"job.train"}),
+    ("job.trackers", {"job.train", "torch", "wandb", "tensorboard"}),  # a tracker's package only when asked for
     ("job.commands.status", {"job.train", "torch"}),  # status reads files only, and starts in a blink
     ("job.train", {"job.commands.plan", "job.data.prepare", "job.metrics"}),
     ("job.checkpoint", {"torch", "job.train"}),  # seals are read without torch

@@ -3,7 +3,7 @@ the steps a crash lost and the run then redid."""
 
 from __future__ import annotations
 
-from job.commands.timeline import timeline
+from job.timeline import timeline
 
 
 def step(it: int, loss: float) -> dict:

@@ -1,7 +1,7 @@
 """A run's history as its newest state embodies it, from log.jsonl's records: one point per
 iteration, the steps redone after a crash or a roll-back replacing the ones they redo (the log
-holds both), and the restarts, stops, roll-backs and imports marked. `job report` summarises it
-and job/commands/plot.py draws it.
+holds both), and the restarts, stops, roll-backs and imports marked. `job report` summarises it,
+job/commands/plot.py draws it, and job/trackers.py fills a tracker in from it.
 """
 
 from __future__ import annotations
