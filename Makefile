@@ -61,19 +61,20 @@ COMPOSE = docker compose -f grafana/compose.yml
 need_docker = @command -v docker >/dev/null || { echo "error: docker not found; install Docker with the compose plugin (and the NVIDIA container toolkit for the trainer)" >&2; exit 2; }; \
 	docker compose version >/dev/null 2>&1 || { echo "error: docker has no compose plugin ('docker compose version' fails); install it: sudo apt-get install docker-compose-plugin (from Docker's apt repository; docs.docker.com/compose/install/linux)" >&2; exit 2; }
 
-monitor: ## Prometheus + Grafana (host network, 127.0.0.1) for whatever trains here; dashboard on :3000
+monitor: ## Prometheus + Grafana + Alertmanager (host network, 127.0.0.1) for whatever trains here; dashboard on :3000
 	$(need_docker)
 	mkdir -p data runs $(HF_CACHE)
 	$(COMPOSE) up -d
-	@echo "Grafana:    http://127.0.0.1:$(or $(GRAFANA_PORT),3000)/d/trainer  (anonymous viewer; admin/admin to edit)"
-	@echo "Prometheus: http://127.0.0.1:$(or $(PROMETHEUS_PORT),9090)  scraping the trainer at http://127.0.0.1:$(PORT)/metrics"
+	@echo "Grafana:      http://127.0.0.1:$(or $(GRAFANA_PORT),3000)/d/trainer  (anonymous viewer; admin/admin to edit)"
+	@echo "Prometheus:   http://127.0.0.1:$(or $(PROMETHEUS_PORT),9090)  scraping the trainer at http://127.0.0.1:$(PORT)/metrics"
+	@echo "Alertmanager: http://127.0.0.1:$(or $(ALERTMANAGER_PORT),9093)  sending the alerts to .env's ALERT_WEBHOOK_URL (where to: $(COMPOSE) logs alertmanager)"
 
 monitor-trainer: ## The same, plus the trainer in a container on all GPUs (compose profile "trainer")
 	$(need_docker)
 	mkdir -p data runs $(HF_CACHE)
 	HOST_UID=$$(id -u) HOST_GID=$$(id -g) HF_CACHE=$(HF_CACHE) $(COMPOSE) --profile trainer up -d --build
 
-monitor-down: ## Stop the monitoring stack and its trainer (keeps Prometheus and Grafana data volumes)
+monitor-down: ## Stop the monitoring stack and its trainer (keeps the Prometheus, Grafana and Alertmanager volumes)
 	$(need_docker)
 	$(COMPOSE) --profile trainer down
 

@@ -21,7 +21,8 @@ torch.set_num_threads(1)
 # ---- markers ---------------------------------------------------------------------------------------
 # e2e: runs real `python -m job` processes (or the scripts and make targets that run them), or uses
 # a fixture that does (the prepared corpus); torchrun: starts torchrun; tools: runs prometheus,
-# promtool or tini. Registered in pyproject.toml; `make test-fast` runs tests/unit, none of them.
+# promtool, Alertmanager (Debian's prometheus-alertmanager), amtool or tini. Registered in
+# pyproject.toml; `make test-fast` runs tests/unit, none of them.
 # A test that starts one of these processes directly without its marker fails at that call.
 _current: list[pytest.Item] = []
 _needs_corpus = ("shakespeare", "small_env")
@@ -34,7 +35,7 @@ def _kinds(args) -> set[str]:
     kinds = set()
     if name == "job" or any(a == "-m" and b == "job" for a, b in zip(argv, argv[1:], strict=False)):
         kinds.add("e2e")
-    if name in ("prometheus", "promtool", "tini"):
+    if name in ("prometheus", "promtool", "prometheus-alertmanager", "alertmanager", "amtool", "tini"):
         kinds.add("tools")
     nproc = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--nproc"]
     if "torch.distributed.run" in argv or ("train" in argv and nproc and nproc[-1] != "1"):
@@ -74,6 +75,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 # counts 0.7 s, any other 0.1 s. Only an order: a stale figure costs balance, never a result.
 SECONDS = {
     "test_gpu_check.py::test_gpu_check_quick": 72, "test_recipe.py::test_bench_recipe_quick": 35,
+    "test_alertmanager.py::test_a_stalled_trainer": 33,
     "test_data.py::test_train_says_its_epochs": 32, "test_gpu_night.py::test_fp16": 31,
     "test_resume.py::test_sigkill_at_random": 26, "test_scale.py::test_sigterm_to_the_torchrun_agent": 26,
     "test_scale.py::test_sigterm_to_one_worker": 25, "test_scale.py::test_two_processes": 24,

@@ -11,6 +11,9 @@ what the job itself installs (numpy, torch): a bare GPU box has those.
     wait_for_step   poll log.jsonl until a run has logged a step at or past an iteration
     free_port       a TCP port free on 127.0.0.1
     scrape          a Prometheus text exposition (text, or a port's /metrics) as {series: value}
+    prom_query      an instant query to a Prometheus on 127.0.0.1: its result list
+    binary          a program tests/tools.sh installs (prometheus, amtool, ...), found on PATH or the test fails
+    pids_with       our processes whose environment holds given KEY=VALUE entries (torchrun's workers)
     read_log        a run's log.jsonl records
     read_shard      a token shard, read from the format's description
     final_state     a run's newest checkpoint; assert_states_equal compares two bitwise
@@ -25,6 +28,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import termios
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -195,6 +200,38 @@ def scrape(exposition: str | int, timeout: float = 5) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def binary(name: str) -> str:
+    """The path of `name`, one of the programs `make test` installs besides Python (tests/tools.sh);
+    a test that needs one and cannot find it fails, naming how to get it (no test skips for it)."""
+    path = shutil.which(name)
+    if not path:
+        raise AssertionError(f"'{name}' not found on PATH: `make test-tools` installs it (tests/tools.sh: sudo "
+                             f"apt-get install -y prometheus prometheus-alertmanager tini), or put it on PATH")
+    return path
+
+
+def prom_query(port: int, expr: str) -> list[dict]:
+    """The result of an instant query to the Prometheus on 127.0.0.1:`port` (OSError while it
+    cannot be reached)."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())["data"]["result"]
+
+
+def pids_with(env_entries: set[str]) -> list[int]:
+    """Our processes whose environment holds all of `env_entries` (KEY=VALUE)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                entries = set(proc.joinpath("environ").read_bytes().decode(errors="replace").split("\0"))
+            except OSError:
+                continue
+            if env_entries <= entries:
+                found.append(int(proc.name))
+    return found
 
 
 def read_log(run_dir: Path) -> list[dict]:

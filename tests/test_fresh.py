@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from harness import ROOT
 
-TOOLS = ("prometheus", "promtool", "tini")
+TOOLS = ("prometheus", "promtool", "prometheus-alertmanager", "amtool", "tini")
 NEEDED_HERE = ("make", "bash", "id")  # what make and tests/tools.sh run to get as far as the check
 
 
@@ -77,8 +77,8 @@ def test_make_test_without_the_tools_stops_before_any_test_with_one_line(open_di
     res = make_test(bare_bin(tmp_path, apt_get), tmp_path, as_user)
     assert res.returncode != 0
     ours = [line for line in res.stderr.splitlines() if not line.startswith("make")]
-    assert ours == ["error: make test needs prometheus, promtool, tini; install them: "
-                    "sudo apt-get install -y prometheus tini"], res.stderr
+    assert ours == ["error: make test needs prometheus, promtool, prometheus-alertmanager, amtool, tini; "
+                    "install them: sudo apt-get install -y prometheus prometheus-alertmanager tini"], res.stderr
     assert "pytest" not in res.stdout + res.stderr and not (tmp_path / "venv").exists()
     assert not (tmp_path / "apt-get.called").exists(), "tried apt-get without root or sudo"
 

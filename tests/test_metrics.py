@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from harness import ROOT, free_port, run_job, scrape, start_job, wait_for
+from harness import ROOT, binary, free_port, run_job, scrape, start_job, wait_for
 
 DASHBOARD = ROOT / "grafana" / "dashboards" / "trainer.json"
 SCRAPE_S = 1
@@ -35,14 +34,6 @@ TRAIN_FLAGS = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-siz
                "--eval-interval", "20", "--eval-iters", "2", "--log-interval", "1000", "--ckpt-interval", "25",
                "--warmup-iters", "10", "--peak-tflops", "1", "--max-runtime", "1h", "--price-per-kwh", "0.25",
                "--currency", "EUR"]
-
-
-def binary(name: str) -> str:
-    path = shutil.which(name)
-    if not path:
-        pytest.fail(f"'{name}' not found on PATH: install Prometheus, e.g. `sudo apt-get install -y prometheus` "
-                    f"on Debian/Ubuntu (make test does this), or put the release's binaries on PATH")
-    return path
 
 
 def http_get(url: str, timeout: float = 5) -> str:

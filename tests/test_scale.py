@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, read_log, run_job, wait_for
+from harness import ROOT, SMALL, assert_states_equal, final_state, job_env, pids_with, read_log, run_job, wait_for
 
 from job.data.dataset import open_dataset
 from job.data.loader import TrainLoader
@@ -77,20 +77,6 @@ def torchrun(env: dict[str, str], out: Path, max_restarts: int) -> subprocess.Po
     """Plain torchrun, as a user would start it: settings in the environment."""
     return start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                   "--max-restarts", str(max_restarts), "-m", "job", "train"], env, out)
-
-
-def pids_with(env_entries: set[str]) -> list[int]:
-    """Our processes whose environment holds all of `env_entries` (KEY=VALUE)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                entries = set(proc.joinpath("environ").read_bytes().decode(errors="replace").split("\0"))
-            except OSError:
-                continue
-            if env_entries <= entries:
-                found.append(int(proc.name))
-    return found
 
 
 def worker(env: dict[str, str], rank: int) -> int:

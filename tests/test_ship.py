@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml  # PyYAML: a dependency of huggingface-hub, which the job pins
-from harness import ROOT, SMALL, free_port, job_env, run_job
+from harness import ROOT, SMALL, free_port, job_env, prom_query, run_job
 
 COMPOSE = ROOT / "grafana" / "compose.yml"
 TRAINER_PORT = 9838  # the documented default; the test below uses it as documented
@@ -81,7 +81,7 @@ def test_compose_file_is_valid_compose_specification():
 def test_compose_monitoring_alone_by_default_and_the_trainer_behind_a_profile():
     services = compose()["services"]
     assert services["trainer"]["profiles"] == ["trainer"]
-    assert "profiles" not in services["prometheus"] and "profiles" not in services["grafana"]
+    assert not {"prometheus", "grafana", "alertmanager"} & {n for n, s in services.items() if "profiles" in s}
     assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", services["prometheus"]["image"])
     assert re.fullmatch(r"grafana/grafana:12\.\d+\.\d+", services["grafana"]["image"])
     for name in ("prometheus", "grafana"):  # on the host's loopback: they reach a trainer wherever it runs
@@ -89,6 +89,28 @@ def test_compose_monitoring_alone_by_default_and_the_trainer_behind_a_profile():
     assert "--web.listen-address=127.0.0.1:9090" in services["prometheus"]["command"]
     assert services["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
     assert "./alerts.yml:/etc/prometheus/alerts.yml:ro" in services["prometheus"]["volumes"]
+
+
+def test_compose_alertmanager_on_loopback_gets_the_url_from_the_env_file_and_prometheus_sends_to_it():
+    """How the URL reaches Alertmanager: the container's environment from ../.env, read by
+    alertmanager-config.sh, which writes the config the command reads (tests/test_alertmanager.py
+    runs this entrypoint and command, and amtool checks what it writes)."""
+    am = compose()["services"]["alertmanager"]
+    assert re.fullmatch(r"prom/alertmanager:v0\.\d+\.\d+", am["image"]) and "profiles" not in am
+    assert am["network_mode"] == "host" and "ports" not in am
+    assert am["env_file"] == [{"path": "../.env", "required": False}]
+    assert "./alertmanager.yml:/etc/alertmanager/alertmanager.yml:ro" in am["volumes"]
+    assert "./alertmanager-config.sh:/etc/alertmanager/alertmanager-config.sh:ro" in am["volumes"]
+    written = "/alertmanager/alertmanager.yml"  # in the image's volume, which its user (nobody) may write
+    assert am["entrypoint"] == ["/bin/sh", "/etc/alertmanager/alertmanager-config.sh",
+                                "/etc/alertmanager/alertmanager.yml", written]
+    assert am["command"][0] == "/bin/alertmanager" and f"--config.file={written}" in am["command"]
+    # on loopback only, and no cluster: its gossip port would listen on every interface
+    assert "--web.listen-address=127.0.0.1:9093" in am["command"] and "--cluster.listen-address=" in am["command"]
+    alerting = yaml.safe_load((ROOT / "grafana" / "prometheus.yml").read_text())["alerting"]
+    assert alerting["alertmanagers"] == [{"static_configs": [{"targets": ["127.0.0.1:9093"]}]}]
+    ported = yaml.safe_load(interpolated(COMPOSE.read_text(), {"ALERTMANAGER_PORT": "9193"}))
+    assert "--web.listen-address=127.0.0.1:9193" in ported["services"]["alertmanager"]["command"]
 
 
 def test_compose_trainer_builds_as_the_host_user_and_mounts_what_the_image_declares():
@@ -144,12 +166,6 @@ def test_make_monitor_without_the_compose_plugin_says_what_to_install(tmp_path: 
 
 
 # ---- a trainer on the host, the shipped Prometheus config -----------------------------------------
-
-def prom_query(port: int, expr: str) -> list[dict]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())["data"]["result"]
-
 
 @pytest.mark.e2e
 @pytest.mark.tools

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The programs `make test` runs besides Python: a real Prometheus and promtool (the monitoring and
-# alert tests start them) and tini (the image's PID 1, for the tests that run its entrypoint).
+# alert tests start them), a real Alertmanager and amtool (Debian names the binary
+# prometheus-alertmanager; tests/test_alertmanager.py) and tini (the image's PID 1, for the tests
+# that run its entrypoint).
 # Invariant: when this exits 0 every one of them is on PATH, so no test lacks its tool. Missing
 # ones are installed once with apt-get (as root, or through sudo); where that cannot be done, one
 # line names them and the command that installs them, and this exits 2 before any test runs.
 set -euo pipefail
 
-tools=(prometheus promtool tini)
-packages=(prometheus tini)
+tools=(prometheus promtool prometheus-alertmanager amtool tini)
+packages=(prometheus prometheus-alertmanager tini)
 
 missing() {  # the absent tools, as "a, b"
     local tool list=""
