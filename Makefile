@@ -15,7 +15,7 @@ NPROC  ?=
 nproc_flag = $(if $(NPROC),--nproc $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train sample status test test-tools test-fast lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype bench-optim bench-compile
+.PHONY: help setup train sample status test test-tools test-fast test-network lint clean gpu-wheels monitor monitor-trainer monitor-down bench bench-prepare bench-metrics bench-recipe bench-dtype bench-optim bench-compile
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -38,8 +38,11 @@ sample: setup ## Print text from the newest checkpoint of RUN
 status: setup ## Where RUN stands: iteration, loss, ETA, energy, last checkpoint
 	$(BIN)/python -m job status $(RUN)
 
-test: test-tools setup ## Run the whole suite, on every core (tests/README.md maps it)
-	$(BIN)/python -m pytest -q -n auto tests
+test: test-tools setup ## Run the suite, on every core, offline (tests/README.md maps it; test-network is the rest)
+	$(BIN)/python -m pytest -q -n auto -m "not network" tests
+
+test-network: setup ## The tests that download from PyPI: the wheels `make gpu-wheels` carries to a bare GPU box
+	$(BIN)/python -m pytest -q -m network tests
 
 test-tools: ## Install what the tests run besides Python (prometheus, promtool, tini) if missing; apt-get
 	@bash tests/tools.sh

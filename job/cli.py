@@ -368,3 +368,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C: the newest checkpoint is still whole
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:  # every command ends here; a torchrun worker without finalizing
+        from job import dist
+
+        dist.leave(e.code)
+        raise

@@ -21,8 +21,9 @@ torch.set_num_threads(1)
 # ---- markers ---------------------------------------------------------------------------------------
 # e2e: runs real `python -m job` processes (or the scripts and make targets that run them), or uses
 # a fixture that does (the prepared corpus); torchrun: starts torchrun; tools: runs prometheus,
-# promtool, Alertmanager (Debian's prometheus-alertmanager), amtool or tini. Registered in
-# pyproject.toml; `make test-fast` runs tests/unit, none of them.
+# promtool, Alertmanager (Debian's prometheus-alertmanager), amtool or tini; network: downloads from
+# PyPI (`make test` leaves these out, `make test-network` runs them). Registered in pyproject.toml;
+# `make test-fast` runs tests/unit, none of them.
 # A test that starts one of these processes directly without its marker fails at that call.
 _current: list[pytest.Item] = []
 _needs_corpus = ("shakespeare", "small_env")
@@ -37,6 +38,8 @@ def _kinds(args) -> set[str]:
         kinds.add("e2e")
     if name in ("prometheus", "promtool", "prometheus-alertmanager", "alertmanager", "amtool", "tini"):
         kinds.add("tools")
+    if any(Path(a).name == "gpu_wheels.py" for a in argv) and "build" in argv:
+        kinds.add("network")  # pip download from PyPI
     nproc = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--nproc"]
     if "torch.distributed.run" in argv or ("train" in argv and nproc and nproc[-1] != "1"):
         kinds.add("torchrun")  # job train --nproc N (N > 1) starts torchrun itself

@@ -46,6 +46,7 @@ def test_gpu_check_quick_runs_every_row_on_the_cpu_and_writes_the_table(tmp_path
 
 # ---- the carried wheels -------------------------------------------------------------------------
 
+@pytest.mark.network
 def test_gpu_wheels_for_the_box_are_closed_and_built_for_cpython_312(tmp_path: Path):
     """What `make gpu-wheels` carries: every dependency a carried wheel or on the box, for 3.12."""
     dest = tmp_path / "whl"
@@ -94,6 +95,7 @@ def box_site(dest: Path) -> Path:
 
 
 @pytest.mark.e2e
+@pytest.mark.network
 def test_the_set_for_this_python_installs_offline_into_a_bare_box_and_the_job_starts(tmp_path: Path):
     """The same set built for this machine's Python, into a fresh venv that has only the box's
     packages: gpu_check.sh's bootstrap (--target) and pip's own resolver, both with --no-index."""

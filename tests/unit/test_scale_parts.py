@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -213,3 +215,26 @@ def test_the_one_place_a_command_ends_can_read_the_world_without_importing_torch
     code = "import sys, job.dist, job.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+LEAVE = """
+import atexit, sys
+from job import dist
+atexit.register(lambda: print("finalized"))
+dist._world = dist.World(rank=0, size=2, distributed={distributed})
+print("the last line", end="")  # buffered: stdout is a pipe
+dist.leave(75)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("distributed", [True, False])
+def test_a_torchrun_worker_leaves_without_finalizing_and_with_its_streams_flushed(distributed: bool):
+    """A worker ends with its code and its output, and no teardown (where gloo's threads can abort
+    it after the ending was agreed); one process ends as Python always does."""
+    res = subprocess.run([sys.executable, "-c", LEAVE.format(distributed=distributed)], capture_output=True,
+                         text=True, timeout=120)
+    if distributed:
+        assert (res.returncode, res.stdout) == (75, "the last line"), res.stderr
+    else:
+        assert (res.returncode, res.stdout) == (3, "the last linefinalized\n"), res.stderr
