@@ -191,6 +191,8 @@ def leave(code: int | str | None) -> None:
     the standard streams are left to flush."""
     if not _world.distributed:
         return
+    if isinstance(code, str):  # as Python ends on sys.exit("message"): the message, exit 1
+        print(code, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

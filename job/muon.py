@@ -14,7 +14,7 @@ its Frobenius norm (at least eps), five quintic iterations with (a, b, c) = (3.4
 2.0315), decoupled weight decay `param *= 1 - lr * weight_decay`, and the step scaled by
 sqrt(max(1, rows / cols)) (torch's default `adjust_lr_fn`). A batched matmul sums in another order
 than a single one, so results agree with torch's within bf16 rounding, not bit for bit
-(tests/test_recipe.py compares one and ten steps). The state is torch's too: a `momentum_buffer`
+(tests/unit/test_muon.py compares one and ten steps). The state is torch's too: a `momentum_buffer`
 per parameter and the same group keys, so a checkpoint written by torch.optim.Muon loads as it is.
 Only the stacked Newton-Schulz is compiled, and only where asked (CUDA with compile on): on a CPU
 it is as fast eager.
